@@ -1,0 +1,151 @@
+"""Holder: long polling (RocketMQ's PullRequestHoldService) as its own process.
+
+Reads shm:   ring "park" (front -> holder: pulls that found nothing), ring "arrival"
+             (dispatcher -> holder: a queue's new max offset)
+Writes shm:  ring "wake" (holder -> front: the parked pull, to be run again), heartbeats[holder]
+Files:       consumequeue/* (read-only: the re-check after parking)
+On crash:    restartable; pulls parked at that moment are lost and their clients time out and
+             pull again (the SDK bounds every pull by its own timeout)
+
+A parked pull is woken when (a) an arrival shows its queue's max offset beyond the pull's offset,
+(b) the re-check right after parking finds messages already there (the dispatcher may have
+announced them between the front's read and our registration: no wake-up is lost), (c) its
+deadline passes (the front then answers NO_NEW_MSG), or (d) the once-a-second re-check of every
+parked queue finds new units (covers arrivals dropped while the arrival ring was full).
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+from rmqd.broker.hold import ParkedPull, decode_arrival, decode_parked_pull, encode_parked_pull, parked_pull_size
+from rmqd.store.consume_queue import ConsumeQueueStore
+from workers.base import WorkerProcess, run_from_argv
+
+log = logging.getLogger("rmqd.holder")
+RECHECK_INTERVAL_S = 1.0
+MAX_PARKED = 100_000  # beyond this a pull is answered at once instead of parked (memory bound)
+
+
+class Holder(WorkerProcess):
+    name = "holder"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.cq_store = ConsumeQueueStore(cfg.store_dir, cfg.mappedFileSizeConsumeQueue, readonly=True)
+        self.park_ring = self.shm.rings["park"]
+        self.arrival_ring = self.shm.rings["arrival"]
+        self.wake_ring = self.shm.rings["wake"]
+        self.parked: dict[tuple[bytes, int], list[ParkedPull]] = {}
+        self.deadlines: list[tuple[int, int, ParkedPull]] = []  # heap of (deadline_ms, seq, pull)
+        self.parked_count = 0
+        self.seq = 0
+        self.woken: set[int] = set()  # ids of pulls already woken (lazy deletion from the heap)
+        self.next_recheck = time.monotonic() + RECHECK_INTERVAL_S
+        self.add_wait_source(self.park_ring.doorbell, self.park_ring.ready)
+        self.add_wait_source(self.arrival_ring.doorbell, self.arrival_ring.ready)
+
+    def run_once(self) -> bool:
+        did = self._take_arrivals()
+        did |= self._take_parks()
+        now_ms = time.time_ns() // 1_000_000
+        did |= self._expire(now_ms)
+        if time.monotonic() >= self.next_recheck:
+            self.next_recheck = time.monotonic() + RECHECK_INTERVAL_S
+            did |= self._recheck_all()
+        self.wake_ring.publish()
+        return did
+
+    def _take_parks(self) -> bool:
+        entries = self.park_ring.entries()
+        for _kind, entry in entries:
+            pull = decode_parked_pull(entry)
+            if self.parked_count >= MAX_PARKED or self._max_offset(pull.topic, pull.queue_id) > pull.queue_offset:
+                self._wake(pull, track=False)  # never entered the deadline heap
+                continue
+            self.parked.setdefault((pull.topic, pull.queue_id), []).append(pull)
+            self.seq += 1
+            heapq.heappush(self.deadlines, (pull.deadline_ms, self.seq, pull))
+            self.parked_count += 1
+        self.park_ring.release()
+        return bool(entries)
+
+    def _take_arrivals(self) -> bool:
+        entries = self.arrival_ring.entries()
+        for _kind, entry in entries:
+            arrival = decode_arrival(entry)
+            self._wake_queue((arrival.topic, arrival.queue_id), arrival.max_offset)
+        self.arrival_ring.release()
+        return bool(entries)
+
+    def _wake_queue(self, key: tuple[bytes, int], max_offset: int) -> None:
+        pulls = self.parked.get(key)
+        if not pulls:
+            return
+        keep = []
+        for pull in pulls:
+            if max_offset > pull.queue_offset:
+                self._wake(pull)
+                self.parked_count -= 1
+            else:
+                keep.append(pull)
+        if keep:
+            self.parked[key] = keep
+        else:
+            del self.parked[key]
+
+    def _expire(self, now_ms: int) -> bool:
+        expired = False
+        while self.deadlines and self.deadlines[0][0] <= now_ms:
+            _deadline, _seq, pull = heapq.heappop(self.deadlines)
+            if id(pull) in self.woken:
+                self.woken.discard(id(pull))
+                continue
+            key = (pull.topic, pull.queue_id)
+            pulls = self.parked.get(key, [])
+            if pull in pulls:
+                pulls.remove(pull)
+                if not pulls:
+                    del self.parked[key]
+                self.parked_count -= 1
+                self._wake(pull, track=False)
+                expired = True
+        return expired
+
+    def _recheck_all(self) -> bool:
+        before = self.parked_count
+        for key in list(self.parked):
+            self._wake_queue(key, self._max_offset(*key))
+        return self.parked_count != before
+
+    def _max_offset(self, topic: bytes, queue_id: int) -> int:
+        try:
+            return self.cq_store.get(topic.decode(), queue_id).max_offset()
+        except (OSError, ValueError):
+            return 0
+
+    def _wake(self, pull: ParkedPull, *, track: bool = True) -> None:
+        """Hand `pull` back to the front; `track` marks it woken so its heap entry is skipped."""
+        view = self.wake_ring.reserve(parked_pull_size(pull.topic, pull.identity, pull.frame))
+        if view is None:
+            log.warning("wake ring full; the client's pull will time out and be retried")
+            return
+        encode_parked_pull(view, pull)
+        self.wake_ring.commit(0)
+        if track:
+            self.woken.add(id(pull))
+
+    def idle_timeout(self) -> float:
+        timeout = self.next_recheck - time.monotonic()
+        if self.deadlines:
+            timeout = min(timeout, self.deadlines[0][0] / 1000.0 - time.time())
+        return max(0.001, timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_from_argv(Holder, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
