@@ -5,7 +5,7 @@ A worker is started by the supervisor as `python -m workers.<name> --config-json
 
 Life cycle (RocketMQ's ServiceThread + gunicorn's worker):
     setup()            failure -> EXIT_BOOT_FAILED; the supervisor halts the boot instead of looping
-    state = READY      the supervisor boots the next process only after this
+    state = running    the supervisor boots the next process only after this
     loop:  beat; run_once() -> did work?; if not: idle_wait() on the wait sources (eventfds of
            rings/doorbells, with a timeout: a lost wake-up costs latency, never a hang)
     teardown()         on SIGTERM/SIGINT (first: finish the batch; second: exit at once) or when
@@ -34,10 +34,8 @@ import orjson
 from rmqd.config import BrokerConfig
 from rmqd.exit_codes import EXIT_BOOT_FAILED, EXIT_ERROR, EXIT_OK
 from shm import BrokerShm, open_broker_shm
+from shm.heartbeats import STATE_RUNNING, STATE_STARTING, STATE_STOPPED, STATE_STOPPING
 
-STATE_BOOTING = 1
-STATE_READY = 2
-STATE_STOPPING = 3
 PR_SET_PDEATHSIG = 1
 LOG_FORMAT = "%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -142,7 +140,7 @@ class WorkerProcess:
         self._poller.register(self._signal_r, select.POLLIN)
         heartbeats = self.shm.heartbeats
         heartbeats.register(self.name, os.getpid())
-        heartbeats.set_state(self.name, STATE_BOOTING)
+        heartbeats.set_state(self.name, STATE_STARTING)
         try:
             self.setup()
         except Exception:
@@ -150,7 +148,7 @@ class WorkerProcess:
             return EXIT_BOOT_FAILED
         for doorbell, _ready in self._wait_sources:
             self._poller.register(doorbell.fileno(), select.POLLIN)
-        heartbeats.set_state(self.name, STATE_READY)
+        heartbeats.set_state(self.name, STATE_RUNNING)
         logging.getLogger(f"rmqd.{self.name}").info("%s ready", self.name)
         try:
             while not self.stop_requested and self.parent_alive():
@@ -160,6 +158,7 @@ class WorkerProcess:
         finally:
             heartbeats.set_state(self.name, STATE_STOPPING)
             self.teardown()
+        heartbeats.set_state(self.name, STATE_STOPPED)
         return EXIT_OK
 
 

@@ -32,7 +32,9 @@ class Flusher(WorkerProcess):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=True)
+        # Writable mappings: msync through a read-only mapping is skipped by MappedFile.flush.
+        # The flusher never appends; only the writer moves the CommitLog's write position.
+        self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=False)
         self.checkpoint = Checkpoint(cfg.checkpoint_path)
         self.positions = self.shm.positions
         self.sync = cfg.flush_sync
@@ -45,11 +47,12 @@ class Flusher(WorkerProcess):
         self.flushed_doorbell = self.shm.doorbells["flushed"]
         self._flush_to(self.positions.write_pos)
         if self.sync:
-            self.add_wait_source(self.shm.doorbells["flush"], lambda: self.positions.write_pos > self.positions.flush_pos)
+            self.add_wait_source(self.shm.doorbells["flush"],
+                                 lambda: self.positions.write_pos > self.positions.flush_pos)
 
     def _flush_to(self, target: int) -> None:
         self.commit_log.refresh()
-        self.commit_log.flush()
+        self.commit_log.flush(to_phy=target)
         self.positions.set_flush_pos(target)
         self.positions.set_flush_total(self.positions.flush_total + 1)
 

@@ -1,0 +1,276 @@
+"""The broker's request handlers off the hot path: topics, offsets, consumer groups, queries.
+
+Each handler takes the decoded `Command` and returns a `Reply`; the front encodes and sends it.
+Sends and pulls (the hot path, tied to the shared-memory rings) stay in `workers/front.py`.
+Handlers never raise for bad input: a missing or malformed field is a ProtocolError that the
+front turns into an INVALID_PARAMETER reply naming the field.
+
+Runs in the front process; not thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rmqd.broker.consumer_offsets import ConsumerOffsetManager
+from rmqd.broker.topic_config import TopicConfig, TopicConfigManager, topic_name_problem
+from rmqd.protocol import codec
+from rmqd.protocol.codec import Command
+from rmqd.protocol.commands import RequestCode, ResponseCode
+from rmqd.store import record as rec
+
+log = logging.getLogger("rmqd.front")
+CLIENT_EXPIRED_S = 120.0  # RocketMQ's channelExpiredTimeout
+
+
+@dataclass
+class Reply:
+    code: int = ResponseCode.SUCCESS
+    remark: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    body: bytes | memoryview = b""
+
+
+@dataclass
+class ConsumerClient:
+    client_id: str
+    last_seen: float
+    subscriptions: dict[str, str]  # topic -> expression
+    message_model: str = "CLUSTERING"
+    consume_from_where: str = "CONSUME_FROM_LAST_OFFSET"
+
+
+class ConsumerGroups:
+    """Live consumers per group, from HEART_BEAT (RocketMQ's ConsumerManager)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, ConsumerClient]] = {}
+
+    def heartbeat(self, client_id: str, data: dict, now: float) -> list[str]:
+        """Register the consumer data sets of one client; return groups whose membership changed."""
+        changed = []
+        for consumer in data.get("consumerDataSet") or []:
+            group = str(consumer.get("groupName", ""))
+            if not group:
+                continue
+            subs = {str(s.get("topic")): str(s.get("subString", "*"))
+                    for s in consumer.get("subscriptionDataSet") or [] if s.get("topic")}
+            members = self.groups.setdefault(group, {})
+            if client_id not in members:
+                changed.append(group)
+            previous = members.get(client_id)
+            members[client_id] = ConsumerClient(client_id, now, subs,
+                                                str(consumer.get("messageModel", "CLUSTERING")),
+                                                str(consumer.get("consumeFromWhere", "CONSUME_FROM_LAST_OFFSET")))
+            if previous is not None and previous.subscriptions != subs:
+                log.info("consumer %s of group %s changed its subscriptions to %s", client_id, group, subs)
+            self._warn_inconsistent(group)
+        return changed
+
+    def _warn_inconsistent(self, group: str) -> None:
+        members = list(self.groups.get(group, {}).values())
+        if len({tuple(sorted(m.subscriptions.items())) for m in members}) > 1:
+            log.warning("consumers of group %s subscribe differently: %s; messages may be lost or skipped; "
+                        "give every consumer of a group the same subscriptions", group,
+                        {m.client_id: m.subscriptions for m in members})
+
+    def unregister(self, client_id: str, group: str) -> bool:
+        return self.groups.get(group, {}).pop(client_id, None) is not None
+
+    def expire(self, now: float) -> list[str]:
+        changed = []
+        for group, members in self.groups.items():
+            stale = [cid for cid, c in members.items() if now - c.last_seen > CLIENT_EXPIRED_S]
+            for cid in stale:
+                log.info("consumer %s of group %s expired (no heartbeat for %.0f s)", cid, group, CLIENT_EXPIRED_S)
+                del members[cid]
+            if stale:
+                changed.append(group)
+        return changed
+
+    def client_ids(self, group: str) -> list[str]:
+        return sorted(self.groups.get(group, {}))
+
+
+class AdminHandlers:
+    """Topic, offset, consumer-group and query requests of one broker."""
+
+    def __init__(self, *, topics: TopicConfigManager, offsets: ConsumerOffsetManager, consumers: ConsumerGroups,
+                 cq_store: Any, commit_log: Any, runtime_info: Callable[[], dict[str, Any]],
+                 on_topics_changed: Callable[[], None]) -> None:
+        self.topics = topics
+        self.offsets = offsets
+        self.consumers = consumers
+        self.cq_store = cq_store
+        self.commit_log = commit_log
+        self.runtime_info = runtime_info
+        self.on_topics_changed = on_topics_changed
+        self.table: dict[int, Callable[[Command], Reply]] = {
+            RequestCode.UPDATE_AND_CREATE_TOPIC: self.update_topic,
+            RequestCode.DELETE_TOPIC_IN_BROKER: self.delete_topic,
+            RequestCode.GET_ALL_TOPIC_CONFIG: self.all_topic_config,
+            RequestCode.GET_TOPIC_CONFIG: self.topic_config,
+            RequestCode.QUERY_CONSUMER_OFFSET: self.query_consumer_offset,
+            RequestCode.UPDATE_CONSUMER_OFFSET: self.update_consumer_offset,
+            RequestCode.GET_ALL_CONSUMER_OFFSET: self.all_consumer_offsets,
+            RequestCode.GET_MAX_OFFSET: self.max_offset,
+            RequestCode.GET_MIN_OFFSET: self.min_offset,
+            RequestCode.SEARCH_OFFSET_BY_TIMESTAMP: self.search_offset_by_timestamp,
+            RequestCode.GET_EARLIEST_MSG_STORETIME: self.earliest_store_time,
+            RequestCode.VIEW_MESSAGE_BY_ID: self.view_message_by_id,
+            RequestCode.HEART_BEAT: self.heartbeat,
+            RequestCode.UNREGISTER_CLIENT: self.unregister_client,
+            RequestCode.GET_CONSUMER_LIST_BY_GROUP: self.consumer_list,
+            RequestCode.GET_BROKER_RUNTIME_INFO: self.broker_runtime_info,
+        }
+
+    # -- topics --------------------------------------------------------------------------------
+    def update_topic(self, cmd: Command) -> Reply:
+        topic = cmd.field_str("topic")
+        problem = topic_name_problem(topic)
+        if problem:
+            return Reply(ResponseCode.INVALID_PARAMETER, f"{problem}; choose a name of [%|a-zA-Z0-9_-], "
+                                                          f"at most 127 characters")
+        read_nums = cmd.field_int("readQueueNums", 16)
+        write_nums = cmd.field_int("writeQueueNums", 16)
+        if not (1 <= read_nums <= 1024 and 1 <= write_nums <= 1024):
+            return Reply(ResponseCode.INVALID_PARAMETER,
+                         f"queue numbers must be 1..1024, got read {read_nums} write {write_nums}")
+        config = TopicConfig(topic, read_nums, write_nums, cmd.field_int("perm", 6),
+                             cmd.field_str("topicFilterType", "SINGLE_TAG"), cmd.field_int("topicSysFlag", 0),
+                             cmd.field_bool("order", False))
+        self.topics.update(config)
+        log.info("topic %s created/updated: read %d write %d perm %d", topic, read_nums, write_nums, config.perm)
+        self.on_topics_changed()
+        return Reply()
+
+    def delete_topic(self, cmd: Command) -> Reply:
+        topic = cmd.field_str("topic")
+        if not self.topics.delete(topic):
+            return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist on this broker")
+        self.on_topics_changed()
+        return Reply()
+
+    def all_topic_config(self, cmd: Command) -> Reply:
+        return Reply(body=codec.encode_json_body(self.topics.encode()))
+
+    def topic_config(self, cmd: Command) -> Reply:
+        topic = cmd.field_str("topic")
+        config = self.topics.get(topic)
+        if config is None:
+            return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist on this broker")
+        return Reply(body=codec.encode_json_body(self.topics.encode()["topicConfigTable"][topic]))
+
+    # -- offsets -------------------------------------------------------------------------------
+    def _queue(self, cmd: Command) -> tuple[str, int, Reply | None]:
+        topic = cmd.field_str("topic")
+        queue_id = cmd.field_int("queueId")
+        config = self.topics.get(topic)
+        if config is None:
+            return topic, queue_id, Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist")
+        if not 0 <= queue_id < max(config.readQueueNums, config.writeQueueNums):
+            return topic, queue_id, Reply(ResponseCode.INVALID_PARAMETER,
+                                          f"queueId {queue_id} out of range for topic {topic} "
+                                          f"({config.readQueueNums} read queues)")
+        return topic, queue_id, None
+
+    def query_consumer_offset(self, cmd: Command) -> Reply:
+        group = cmd.field_str("consumerGroup")
+        topic, queue_id, error = self._queue(cmd)
+        if error:
+            return error
+        offset = self.offsets.query(group, topic, queue_id)
+        if offset is None:
+            return Reply(ResponseCode.QUERY_NOT_FOUND, f"group {group} has no offset for {topic}:{queue_id}")
+        return Reply(fields={"offset": offset})
+
+    def update_consumer_offset(self, cmd: Command) -> Reply:
+        group = cmd.field_str("consumerGroup")
+        topic, queue_id, error = self._queue(cmd)
+        if error:
+            return error
+        self.offsets.commit(group, topic, queue_id, cmd.field_int("commitOffset"))
+        return Reply()
+
+    def all_consumer_offsets(self, cmd: Command) -> Reply:
+        return Reply(body=codec.encode_json_body({"offsetTable": self.offsets.all_entries()}))
+
+    def max_offset(self, cmd: Command) -> Reply:
+        topic, queue_id, error = self._queue(cmd)
+        return error or Reply(fields={"offset": self.cq_store.get(topic, queue_id).max_offset()})
+
+    def min_offset(self, cmd: Command) -> Reply:
+        topic, queue_id, error = self._queue(cmd)
+        return error or Reply(fields={"offset": self.cq_store.get(topic, queue_id).min_offset()})
+
+    def _store_time_at(self, topic: str, queue_id: int, queue_offset: int) -> int | None:
+        unit = self.cq_store.get(topic, queue_id).get(queue_offset)
+        if unit is None:
+            return None
+        try:
+            return self.commit_log.read_record(unit[0]).store_timestamp_ms
+        except Exception:  # noqa: BLE001 - a unit past a deleted file has no time
+            return None
+
+    def search_offset_by_timestamp(self, cmd: Command) -> Reply:
+        """First queue offset whose store time is >= timestamp (binary search, RocketMQ's rule)."""
+        topic, queue_id, error = self._queue(cmd)
+        if error:
+            return error
+        timestamp = cmd.field_int("timestamp")
+        cq = self.cq_store.get(topic, queue_id)
+        low, high = cq.min_offset(), cq.max_offset()
+        while low < high:
+            mid = (low + high) // 2
+            stored = self._store_time_at(topic, queue_id, mid)
+            if stored is None or stored < timestamp:
+                low = mid + 1
+            else:
+                high = mid
+        return Reply(fields={"offset": low})
+
+    def earliest_store_time(self, cmd: Command) -> Reply:
+        topic, queue_id, error = self._queue(cmd)
+        if error:
+            return error
+        stored = self._store_time_at(topic, queue_id, self.cq_store.get(topic, queue_id).min_offset())
+        return Reply(fields={"timestamp": stored or 0})
+
+    def view_message_by_id(self, cmd: Command) -> Reply:
+        msg_id = cmd.field_str("offsetMsgId", cmd.fields.get("msgId") or "")
+        try:
+            _host, phy_offset = rec.decode_offset_msg_id(msg_id)
+            record = self.commit_log.read_record(phy_offset)
+        except Exception as exc:  # noqa: BLE001 - any failure means "no such message here"
+            return Reply(ResponseCode.SYSTEM_ERROR, f"no message with offset id {msg_id!r}: {exc}")
+        return Reply(body=bytes(self.commit_log.read(phy_offset, record.total_size)))
+
+    # -- clients -------------------------------------------------------------------------------
+    def heartbeat(self, cmd: Command) -> Reply:
+        data = codec.decode_json_body(cmd.body, "heartbeat body")
+        client_id = str(data.get("clientID", ""))
+        if not client_id:
+            return Reply(ResponseCode.INVALID_PARAMETER, "heartbeat body has no clientID")
+        self.consumers.heartbeat(client_id, data, time.monotonic())
+        return Reply()
+
+    def unregister_client(self, cmd: Command) -> Reply:
+        client_id = cmd.field_str("clientID")
+        group = cmd.field_str("consumerGroup", "")
+        if group:
+            self.consumers.unregister(client_id, group)
+        return Reply()
+
+    def consumer_list(self, cmd: Command) -> Reply:
+        group = cmd.field_str("consumerGroup")
+        ids = self.consumers.client_ids(group)
+        if not ids:
+            return Reply(ResponseCode.SYSTEM_ERROR, f"no consumer of group {group} is online")
+        return Reply(body=codec.encode_json_body({"consumerIdList": ids}))
+
+    def broker_runtime_info(self, cmd: Command) -> Reply:
+        table = {k: str(v) for k, v in self.runtime_info().items()}
+        return Reply(body=codec.encode_json_body({"table": table}))

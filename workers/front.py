@@ -1,0 +1,466 @@
+"""Front: the broker's ZeroMQ ROUTER — decodes requests, feeds the writer, answers pulls.
+
+Reads shm:   ring "ack" (writer -> front), ring "wake" (holder -> front), doorbell "flushed"
+             (SYNC_FLUSH), positions (write/flush/dispatch, flags)
+Writes shm:  ring "request" (front -> writer), ring "park" (front -> holder),
+             positions.pull_messages_total, heartbeats[front]
+Files:       commitlog/* and consumequeue/* read-only (pulls), config/topics.json and
+             config/consumerOffset.json (the only process that writes them)
+On crash:    restartable: sends in flight are lost unacknowledged (producers retry); committed
+             offsets since the last 5 s persist are lost (consumers see those messages again).
+
+The loop (zguide's mdbroker shape): poll the ROUTER socket, the namesrv DEALERs and the eventfds
+of the ack/wake rings together; then serve every ready request (sends go into the request ring
+and are published to the writer ONCE per round), answer what the writer acknowledged, re-run the
+pulls the holder woke, and do the periodic work. Sends are answered when the writer's
+AppendResult arrives, or, with SYNC_FLUSH, once flush_pos passes the request's end.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import time
+from functools import lru_cache
+from typing import NamedTuple
+
+import zmq
+
+from rmqd.broker import send as send_logic
+from rmqd.broker.admin import AdminHandlers, ConsumerGroups, Reply
+from rmqd.broker.consumer_offsets import ConsumerOffsetManager
+from rmqd.broker.hold import ParkedPull, decode_parked_pull, encode_parked_pull, parked_pull_size
+from rmqd.broker.pull import GetStatus, MessageReader, tag_codes_of
+from rmqd.broker.topic_config import TopicConfigManager, topic_name_problem
+from rmqd.errors import ProtocolError
+from rmqd.protocol import codec
+from rmqd.protocol.codec import Command
+from rmqd.protocol.commands import RequestCode, ResponseCode
+from rmqd.store import append_request as ar
+from rmqd.store import record as rec
+from rmqd.store.commit_log import CommitLog
+from rmqd.store.consume_queue import ConsumeQueueStore
+from shm import flags
+from workers.base import WorkerProcess, run_from_argv
+
+log = logging.getLogger("rmqd.front")
+
+MAX_REQUESTS_PER_ROUND = 512  # bound one round so acks and wakes are never starved
+MAX_PENDING_SENDS = 20_000  # sends handed to the writer and not yet answered (memory bound)
+PULL_FLAG_COMMIT_OFFSET = 0x1  # RocketMQ PullSysFlag
+PULL_FLAG_SUSPEND = 0x2
+HOUSEKEEPING_INTERVAL_S = 1.0
+PUT_STATUS_REPLY = {
+    ar.PutStatus.SERVICE_NOT_AVAILABLE: (ResponseCode.SERVICE_NOT_AVAILABLE, "store is not writable now"),
+    ar.PutStatus.MESSAGE_ILLEGAL: (ResponseCode.MESSAGE_ILLEGAL, "message larger than a CommitLog file"),
+    ar.PutStatus.UNKNOWN_ERROR: (ResponseCode.SYSTEM_ERROR, "CommitLog write failed; store flagged not writable"),
+}
+PULL_STATUS_CODE = {
+    GetStatus.FOUND: ResponseCode.SUCCESS,
+    GetStatus.NO_MATCHED_MESSAGE: ResponseCode.PULL_RETRY_IMMEDIATELY,
+    GetStatus.OFFSET_OVERFLOW_ONE: ResponseCode.PULL_NOT_FOUND,
+    GetStatus.OFFSET_FOUND_NULL: ResponseCode.PULL_NOT_FOUND,
+    GetStatus.OFFSET_TOO_SMALL: ResponseCode.PULL_OFFSET_MOVED,
+    GetStatus.OFFSET_OVERFLOW_BADLY: ResponseCode.PULL_OFFSET_MOVED,
+}
+
+
+class PendingSend(NamedTuple):
+    identity: bytes | None  # None for oneway sends: nobody to answer
+    opaque: int
+    queue_id: int
+    created: float
+
+
+@lru_cache(maxsize=1024)
+def _tag_codes(expression: str) -> frozenset[int] | None:
+    return tag_codes_of(expression)
+
+
+class Front(WorkerProcess):
+    name = "front"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.broker_addr = f"{cfg.brokerIP1}:{cfg.listenPort}"
+        self.store_host = rec.encode_host(cfg.brokerIP1, cfg.listenPort)
+        self.positions = self.shm.positions
+        self._open_store()
+        self._open_sockets()
+        self.request_ring, self.ack_ring = self.shm.rings["request"], self.shm.rings["ack"]
+        self.park_ring, self.wake_ring = self.shm.rings["park"], self.shm.rings["wake"]
+        self.flushed = self.shm.doorbells["flushed"]
+        self.doorbells = [(self.ack_ring.doorbell, self.ack_ring.ready),
+                          (self.wake_ring.doorbell, self.wake_ring.ready)]
+        if cfg.flush_sync:
+            self.doorbells.append((self.flushed, self._flush_covers_waiting))
+        for doorbell, _ready in self.doorbells:
+            self.poller.register(doorbell.fileno(), zmq.POLLIN)
+        self.pending: dict[int, PendingSend] = {}
+        self.sync_waiting: collections.deque[tuple[int, float, PendingSend, ar.AppendResult]] = collections.deque()
+        self.request_ids = itertools.count(1)
+        self.opaques = itertools.count(1)
+        self.wait_time_s = cfg.waitTimeMillsInSendQueue / 1000.0
+        self.pulled = 0
+        self.next_housekeeping = 0.0
+        self.next_register = 0.0
+        self.next_offset_persist = time.monotonic() + cfg.flushConsumerOffsetInterval / 1000.0
+        self._housekeeping()
+
+    def _open_store(self) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.config_dir, exist_ok=True)
+        self.topics = TopicConfigManager(os.path.join(cfg.config_dir, "topics.json"),
+                                         cluster_name=cfg.brokerClusterName, broker_name=cfg.brokerName,
+                                         auto_create=cfg.autoCreateTopicEnable,
+                                         default_queue_nums=cfg.defaultTopicQueueNums)
+        self.topics.persist()
+        self.offsets = ConsumerOffsetManager(os.path.join(cfg.config_dir, "consumerOffset.json"))
+        self.consumers = ConsumerGroups()
+        self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=True)
+        self.cq_store = ConsumeQueueStore(cfg.store_dir, cfg.mappedFileSizeConsumeQueue, readonly=True)
+        self.reader = MessageReader(self.commit_log, self.cq_store)
+        self.admin = AdminHandlers(topics=self.topics, offsets=self.offsets, consumers=self.consumers,
+                                   cq_store=self.cq_store, commit_log=self.commit_log,
+                                   runtime_info=self.runtime_info, on_topics_changed=self._register_now)
+
+    def _open_sockets(self) -> None:
+        cfg = self.cfg
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an answer to a vanished client raises, not vanishes
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)  # larger frames drop the peer
+        self.router.bind(f"tcp://{cfg.brokerIP1}:{cfg.listenPort}")
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self._signal_r, zmq.POLLIN)
+        self.namesrvs = []
+        for addr in filter(None, (a.strip() for a in cfg.namesrvAddr.split(";"))):
+            dealer = self.ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue registrations for a namesrv that is down
+            dealer.connect(f"tcp://{addr}")
+            self.poller.register(dealer, zmq.POLLIN)
+            self.namesrvs.append(dealer)
+        log.info("listening on %s, namesrv %s", self.broker_addr, cfg.namesrvAddr or "(none)")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run_once(self) -> bool:
+        self._wait()
+        self._serve_requests()
+        self.request_ring.publish()
+        self._take_acks()
+        self._take_wakes()
+        self.park_ring.publish()
+        if self.sync_waiting:
+            self._answer_flushed()
+        if time.monotonic() >= self.next_housekeeping:
+            self._housekeeping()
+        return True
+
+    def _wait(self) -> None:
+        for doorbell, _ready in self.doorbells:
+            doorbell.arm()
+        if not any(ready() for _doorbell, ready in self.doorbells):
+            timeout_s = max(0.0, min(self.next_housekeeping - time.monotonic(), 0.2))
+            for sock, _event in self.poller.poll(timeout_s * 1000):
+                if sock is self._signal_r:
+                    os.read(self._signal_r, 512)
+        for doorbell, _ready in self.doorbells:
+            doorbell.disarm()
+
+    def _serve_requests(self) -> None:
+        for _ in range(MAX_REQUESTS_PER_ROUND):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                log.warning("dropped a message of %d frames from %r: requests are exactly one frame",
+                            len(frames), frames[0][:16] if frames else b"")
+                continue
+            self._serve(frames[0], frames[1])
+        for dealer in self.namesrvs:
+            self._drain_namesrv(dealer)
+
+    def _serve(self, identity: bytes, frame: bytes) -> None:
+        try:
+            cmd = codec.decode(frame)
+        except ProtocolError as exc:
+            reply = codec.malformed_reply(frame, exc)
+            log.warning("malformed request from %r: %s%s", identity[:16], exc, "" if reply else "; dropped")
+            if reply is not None:
+                self._send(identity, reply)
+            return
+        oneway = cmd.is_oneway
+        try:
+            reply = self._dispatch(identity if not oneway else None, cmd, frame)
+        except ProtocolError as exc:
+            reply = Reply(ResponseCode.INVALID_PARAMETER, str(exc))
+        except Exception as exc:  # noqa: BLE001 - bad input must never take the front down
+            log.exception("request code %d from %r failed", cmd.code, identity[:16])
+            reply = Reply(ResponseCode.SYSTEM_ERROR, f"request code {cmd.code} failed: {exc}")
+        if reply is not None and not oneway:
+            self._reply(identity, cmd.opaque, reply)
+
+    def _dispatch(self, identity: bytes | None, cmd: Command, frame: bytes) -> Reply | None:
+        code = cmd.code
+        if code in (RequestCode.SEND_MESSAGE, RequestCode.SEND_MESSAGE_V2):
+            return self.process_send(identity, cmd, batch=False)
+        if code == RequestCode.SEND_BATCH_MESSAGE:
+            return self.process_send(identity, cmd, batch=True)
+        if code == RequestCode.PULL_MESSAGE:
+            return self.process_pull(identity, cmd, frame, allow_suspend=True)
+        handler = self.admin.table.get(code)
+        if handler is None:
+            return Reply(ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
+                         f"request code {code} is not supported by this broker (rmqd)")
+        return handler(cmd)
+
+    def _reply(self, identity: bytes, opaque: int, reply: Reply) -> None:
+        self._send(identity, codec.encode_response(reply.code, opaque, reply.fields, reply.remark, reply.body))
+
+    def _send(self, identity: bytes, frame: bytes) -> None:
+        try:
+            self.router.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("client %r is not reading; dropped a response", identity[:16])
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:  # the client disconnected: nothing to answer
+                raise
+
+    # -- sends -------------------------------------------------------------------------------
+    def process_send(self, identity: bytes | None, cmd: Command, *, batch: bool) -> Reply | None:
+        writable, reason = flags.is_writable(self.positions)
+        if not writable:
+            return Reply(ResponseCode.SERVICE_NOT_AVAILABLE, f"service not available now: {reason}")
+        busy = self._flow_control()
+        if busy:
+            return Reply(ResponseCode.SYSTEM_BUSY, busy)
+        topic = cmd.field_str("topic")
+        problem = topic_name_problem(topic)
+        if problem:
+            return Reply(ResponseCode.MESSAGE_ILLEGAL, problem)
+        config = self.topics.get(topic)
+        if config is None:
+            config = self.topics.create_in_send(topic, cmd.field_str("defaultTopic", "TBW102"),
+                                                cmd.field_int("defaultTopicQueueNums", 4))
+            if config is None:
+                return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic[{topic}] not exist, apply first please! "
+                                                            f"(mqadmin updateTopic, or autoCreateTopicEnable=true)")
+            log.info("topic %s auto-created with %d queues", topic, config.writeQueueNums)
+            self._register_now()
+        if not config.writable:
+            return Reply(ResponseCode.NO_PERMISSION, f"the topic[{topic}] sending is forbidden")
+        prepared = send_logic.prepare_send(cmd.fields, cmd.body, batch=batch, write_queue_nums=config.writeQueueNums,
+                                           max_message_size=self.cfg.maxMessageSize)
+        if isinstance(prepared, send_logic.Rejection):
+            return Reply(prepared.code, prepared.remark)
+        return self._hand_to_writer(identity, cmd.opaque, prepared)
+
+    def _flow_control(self) -> str:
+        if len(self.pending) >= MAX_PENDING_SENDS:
+            return f"[TOO_MANY_REQUESTS]broker busy: {len(self.pending)} sends in flight; retry later"
+        if self.pending:
+            waited_s = time.monotonic() - next(iter(self.pending.values())).created
+            if waited_s > self.wait_time_s:
+                return (f"[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, "
+                        f"period in queue: {waited_s * 1000:.0f}ms")
+        return ""
+
+    def _hand_to_writer(self, identity: bytes | None, opaque: int, prepared: send_logic.PreparedSend) -> Reply | None:
+        size = prepared.entry_size()
+        if size > self.request_ring.max_payload:
+            return Reply(ResponseCode.MESSAGE_ILLEGAL, f"request of {size} bytes exceeds the request ring")
+        view = self.request_ring.reserve(size)
+        if view is None:
+            self.request_ring.publish()
+            return Reply(ResponseCode.SYSTEM_BUSY, "[PC_SYNCHRONIZED]broker busy, start flow control for a while")
+        request_id = next(self.request_ids)
+        send_logic.encode_into(view, request_id, prepared, self.store_host)
+        self.request_ring.commit(0)
+        self.pending[request_id] = PendingSend(identity, opaque, prepared.queue_id, time.monotonic())
+        return None
+
+    def _take_acks(self) -> None:
+        entries = self.ack_ring.entries()
+        if not entries:
+            return
+        flush_pos = self.positions.flush_pos
+        deadline = time.monotonic() + self.cfg.syncFlushTimeout / 1000.0
+        for _kind, entry in entries:
+            result = ar.decode_append_result(entry)
+            pending = self.pending.pop(result.request_id, None)
+            if pending is None or pending.identity is None:
+                continue
+            if result.status != ar.PutStatus.PUT_OK:
+                code, remark = PUT_STATUS_REPLY[result.status]
+                self._reply(pending.identity, pending.opaque, Reply(code, remark))
+            elif self.cfg.flush_sync and result.end_phy_offset > flush_pos:
+                self.sync_waiting.append((result.end_phy_offset, deadline, pending, result))
+            else:
+                self._reply_sent(pending, result, ResponseCode.SUCCESS)
+        self.ack_ring.release()
+
+    def _reply_sent(self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = "") -> None:
+        ids = ",".join(rec.offset_msg_id(self.store_host, phy) for phy in result.phy_offsets)
+        fields = {"msgId": ids, "offsetMsgId": ids, "queueId": pending.queue_id, "queueOffset": result.queue_offset}
+        self._reply(pending.identity, pending.opaque, Reply(code, remark, fields))
+
+    def _flush_covers_waiting(self) -> bool:
+        return bool(self.sync_waiting) and self.sync_waiting[0][0] <= self.positions.flush_pos
+
+    def _answer_flushed(self) -> None:
+        flush_pos = self.positions.flush_pos
+        waiting = self.sync_waiting
+        while waiting and waiting[0][0] <= flush_pos:
+            _end, _deadline, pending, result = waiting.popleft()
+            self._reply_sent(pending, result, ResponseCode.SUCCESS)
+        now = time.monotonic()
+        while waiting and waiting[0][1] <= now:
+            _end, _deadline, pending, result = waiting.popleft()
+            self._reply_sent(pending, result, ResponseCode.FLUSH_DISK_TIMEOUT,
+                             f"flush did not complete within syncFlushTimeout={self.cfg.syncFlushTimeout}ms")
+
+    # -- pulls -------------------------------------------------------------------------------
+    def process_pull(self, identity: bytes | None, cmd: Command, frame: bytes, *, allow_suspend: bool) -> Reply | None:
+        topic = cmd.field_str("topic")
+        queue_id = cmd.field_int("queueId")
+        queue_offset = cmd.field_int("queueOffset")
+        sys_flag = cmd.field_int("sysFlag", 0)
+        config = self.topics.get(topic)
+        if config is None:
+            return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic[{topic}] not exist, apply first please!")
+        if not config.readable:
+            return Reply(ResponseCode.NO_PERMISSION, f"the topic[{topic}] pulling message is forbidden")
+        if not 0 <= queue_id < config.readQueueNums:
+            return Reply(ResponseCode.INVALID_PARAMETER, f"queueId[{queue_id}] is illegal, topic:[{topic}] "
+                                                          f"topicConfig.readQueueNums:[{config.readQueueNums}]")
+        if sys_flag & PULL_FLAG_COMMIT_OFFSET and cmd.field_int("commitOffset", -1) >= 0:
+            self.offsets.commit(cmd.field_str("consumerGroup"), topic, queue_id, cmd.field_int("commitOffset"))
+        max_count = max(1, min(cmd.field_int("maxMsgNums", 32), self.cfg.maxTransferCountOnMessageInMemory))
+        max_bytes = min(cmd.field_int("maxMsgBytes", 1 << 30), self.cfg.maxTransferBytesOnMessageInMemory)
+        result = self.reader.get_messages(topic, queue_id, queue_offset, max_count, max_bytes,
+                                          _tag_codes(cmd.field_str("subscription", "*")), self.positions.dispatch_pos)
+        code = PULL_STATUS_CODE.get(result.status, ResponseCode.PULL_NOT_FOUND)
+        if result.status is GetStatus.NO_MESSAGE_IN_QUEUE and queue_offset != 0:
+            code = ResponseCode.PULL_OFFSET_MOVED
+        suspend_ms = cmd.field_int("suspendTimeoutMillis", 0)
+        if (code == ResponseCode.PULL_NOT_FOUND and allow_suspend and identity is not None
+                and sys_flag & PULL_FLAG_SUSPEND and suspend_ms > 0):
+            if not self.cfg.longPollingEnable:
+                suspend_ms = self.cfg.shortPollingTimeMills
+            if self._park(identity, topic, queue_id, queue_offset, suspend_ms, frame):
+                return None
+        body = b"".join(result.buffers) if result.buffers else b""
+        self.pulled += result.message_count
+        fields = {"nextBeginOffset": result.next_offset, "minOffset": result.min_offset,
+                  "maxOffset": result.max_offset, "suggestWhichBrokerId": 0}
+        return Reply(code, "" if code == ResponseCode.SUCCESS else result.status.value, fields, body)
+
+    def _park(self, identity: bytes, topic: str, queue_id: int, queue_offset: int, suspend_ms: int,
+              frame: bytes) -> bool:
+        deadline_ms = time.time_ns() // 1_000_000 + suspend_ms
+        pull = ParkedPull(queue_offset, deadline_ms, queue_id, topic.encode(), identity, frame)
+        view = self.park_ring.reserve(parked_pull_size(pull.topic, identity, frame))
+        if view is None:
+            return False  # holder behind: answer NO_NEW_MSG now, the client pulls again
+        encode_parked_pull(view, pull)
+        self.park_ring.commit(0)
+        return True
+
+    def _take_wakes(self) -> None:
+        entries = self.wake_ring.entries()
+        for _kind, entry in entries:
+            pull = decode_parked_pull(entry)
+            try:
+                cmd = codec.decode(pull.frame)
+                reply = self.process_pull(pull.identity, cmd, pull.frame, allow_suspend=False)
+            except ProtocolError as exc:
+                reply = Reply(ResponseCode.INVALID_PARAMETER, str(exc))
+                cmd = None
+            if reply is not None:
+                self._reply(pull.identity, cmd.opaque if cmd else 0, reply)
+        if entries:
+            self.wake_ring.release()
+
+    # -- periodic ----------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        self.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+        self.positions.set_pull_messages_total(self.pulled)
+        self.consumers.expire(now)
+        if now >= self.next_register:
+            self.register_broker()
+        if now >= self.next_offset_persist:
+            self.next_offset_persist = now + self.cfg.flushConsumerOffsetInterval / 1000.0
+            self.offsets.maybe_persist()
+        self.commit_log.refresh()
+
+    def _register_now(self) -> None:
+        self.next_register = 0.0
+        self.next_housekeeping = 0.0
+
+    def register_broker(self, code: RequestCode = RequestCode.REGISTER_BROKER) -> None:
+        cfg = self.cfg
+        self.next_register = time.monotonic() + cfg.registerNameServerPeriod / 1000.0
+        fields = {"clusterName": cfg.brokerClusterName, "brokerAddr": self.broker_addr,
+                  "brokerName": cfg.brokerName, "brokerId": cfg.brokerId, "haServerAddr": ""}
+        body = codec.encode_json_body(self.topics.encode()) if code == RequestCode.REGISTER_BROKER else b""
+        for dealer in self.namesrvs:
+            try:
+                dealer.send(codec.encode_request(code, next(self.opaques), fields, body), zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("namesrv %s unreachable; will retry registration", dealer.LAST_ENDPOINT)
+
+    def _drain_namesrv(self, dealer: zmq.Socket) -> None:
+        while True:
+            try:
+                frame = dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = codec.decode(frame)
+            except ProtocolError as exc:
+                log.warning("malformed namesrv response: %s", exc)
+                continue
+            if reply.code != ResponseCode.SUCCESS:
+                log.warning("namesrv answered code %d: %s", reply.code, reply.remark)
+
+    def runtime_info(self) -> dict[str, object]:
+        positions = self.positions.as_dict()
+        return {"brokerVersionDesc": "rmqd", "commitLogMaxOffset": positions["write_pos"],
+                "commitLogMinOffset": positions["min_phy_offset"], "flushPos": positions["flush_pos"],
+                "dispatchBehindBytes": positions["write_pos"] - positions["dispatch_pos"],
+                "putMessageTimesTotal": positions["put_messages_total"],
+                "putMessageSizeTotal": positions["put_bytes_total"],
+                "getMessageTimesTotal": self.pulled, "pendingSends": len(self.pending),
+                "diskUsedRatio": positions["disk_used_ppm"] / 1_000_000,
+                "brokerName": self.cfg.brokerName, "brokerAddr": self.broker_addr}
+
+    def teardown(self) -> None:
+        """Stop accepting, answer what the writer still acknowledges, persist config, unregister."""
+        deadline = time.monotonic() + 3.0
+        while (self.pending or self.sync_waiting) and time.monotonic() < deadline:
+            self.ack_ring.wait(0.05)
+            self._take_acks()
+            self._answer_flushed()
+        self.offsets.persist()
+        self.topics.persist()
+        self.register_broker(RequestCode.UNREGISTER_BROKER)
+        self.router.close(linger=500)
+        for dealer in self.namesrvs:
+            dealer.close(linger=100)
+        self.ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_from_argv(Front, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
