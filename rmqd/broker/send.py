@@ -45,9 +45,11 @@ def _int_field(fields: dict, name: str, default: int | None = None) -> int:
     value = fields.get(name, default)
     if value is None:
         raise ValueError(f"the request has no {name} field")
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"field {name} must be an integer, got {value!r}")
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"field {name} must be an integer, got {value!r}")
 
 
 def _born_host(fields: dict) -> bytes:
