@@ -19,7 +19,7 @@ from rmqd.broker.hold import Arrival, arrival_size, encode_arrival
 from rmqd.store.checkpoint import Checkpoint
 from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import ConsumeQueueStore
-from rmqd.store.recovery import dispatch_record_to_cq
+from rmqd.store.dispatch import dispatch_record_to_cq
 from workers.base import WorkerProcess, run_from_argv
 
 log = logging.getLogger("rmqd.dispatcher")
@@ -42,6 +42,7 @@ class Dispatcher(WorkerProcess):
         self.positions.set_dispatch_pos(self.dispatch_pos)
         self.positions.set_cq_flush_pos(self.dispatch_pos)
         self.flush_interval_s = cfg.flushIntervalConsumeQueue / 1000.0
+        self.delay_levels_ms = cfg.delay_levels_ms
         self.next_cq_flush = time.monotonic() + self.flush_interval_s
         self.flushed_upto = self.dispatch_pos
         self.add_wait_source(self.shm.doorbells["dispatch"],
@@ -68,7 +69,7 @@ class Dispatcher(WorkerProcess):
         self.commit_log.refresh()
         end = self.dispatch_pos
         for phy_offset, record in self.commit_log.iter_records(self.dispatch_pos, target, verify_crc=False):
-            if dispatch_record_to_cq(self.cq_store, phy_offset, record):
+            if dispatch_record_to_cq(self.cq_store, phy_offset, record, self.delay_levels_ms):
                 arrivals[(record.topic, record.queue_id)] = record.queue_offset + 1
             end = phy_offset + record.total_size
         # write_pos is published only at group ends, so reaching it means every record (and any

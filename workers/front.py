@@ -36,7 +36,7 @@ from rmqd.broker.topic_config import TopicConfigManager, topic_name_problem
 from rmqd.errors import ProtocolError
 from rmqd.protocol import codec
 from rmqd.protocol.codec import Command
-from rmqd.protocol.commands import RequestCode, ResponseCode
+from rmqd.protocol.commands import MAX_FRAME_BYTES, RequestCode, ResponseCode
 from rmqd.store import append_request as ar
 from rmqd.store import record as rec
 from rmqd.store.commit_log import CommitLog
@@ -133,7 +133,7 @@ class Front(WorkerProcess):
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
-        self.router.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)  # larger frames drop the peer
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # larger frames drop the peer
         self.router.bind(f"tcp://{cfg.brokerIP1}:{cfg.listenPort}")
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
@@ -414,8 +414,10 @@ class Front(WorkerProcess):
         for dealer in self.namesrvs:
             try:
                 dealer.send(codec.encode_request(code, next(self.opaques), fields, body), zmq.NOBLOCK)
-            except zmq.Again:
-                log.warning("namesrv %s unreachable; will retry registration", dealer.LAST_ENDPOINT)
+            except zmq.Again:  # not connected yet (IMMEDIATE): try again in a second, not in 30 s
+                log.info("namesrv %s not connected yet; retrying registration in 1 s",
+                         dealer.LAST_ENDPOINT.decode())
+                self.next_register = min(self.next_register, time.monotonic() + 1.0)
 
     def _drain_namesrv(self, dealer: zmq.Socket) -> None:
         while True:

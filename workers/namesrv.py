@@ -65,6 +65,7 @@ class Namesrv:
         self.scan_interval_ms = scan_interval_ms
         self.routes = RouteInfoManager(broker_expiry_ms)
         self.stop_requested = False
+        self.signals_installed = False
         self.next_scan_ms = 0
         self.handlers: dict[int, Callable[[Command], Reply]] = {
             RequestCode.REGISTER_BROKER: self.process_register_broker,
@@ -99,6 +100,7 @@ class Namesrv:
         signal.signal(signal.SIGTERM, self.handle_sigterm)
         signal.signal(signal.SIGINT, self.handle_sigterm)
         signal.set_wakeup_fd(self.signal_w, warn_on_full_buffer=False)
+        self.signals_installed = True
 
     def handle_sigterm(self, signum: int, frame: object) -> None:
         self.stop_requested = True
@@ -121,7 +123,8 @@ class Namesrv:
         return served
 
     def teardown(self) -> None:
-        signal.set_wakeup_fd(-1)
+        if self.signals_installed:  # tests run the loop in a thread, where signals cannot be set
+            signal.set_wakeup_fd(-1)
         self.socket.close(0)
         self.context.term()
         os.close(self.signal_r)

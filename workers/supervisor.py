@@ -121,8 +121,6 @@ class Supervisor:
         child.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
         child.abort_sent = False
         log.info("started %s (pid %d)", child.name, child.process.pid)
-        if child.name == NAMESRV and self.shm is not None:
-            self.shm.heartbeats.register(NAMESRV, child.process.pid)
 
     def wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT_S
@@ -166,11 +164,13 @@ class Supervisor:
         self.shm, self.eventfds = create_broker_shm(self.shm_path, ring_sizes)
         self.shm.heartbeats.register("supervisor", os.getpid())
         self.shm.heartbeats.set_state("supervisor", STATE_RUNNING)
-        if self.namesrv is not None and (self.namesrv.process is None or self.namesrv.process.poll() is not None):
-            self.spawn(self.namesrv, abnormal=False)
-            self.wait_ready(self.namesrv)
-        elif self.namesrv is not None:
+        if self.namesrv is not None:
+            if self.namesrv.process is None or self.namesrv.process.poll() is not None:
+                self.spawn(self.namesrv, abnormal=False)
+                self.wait_ready(self.namesrv)
+            # The namesrv does not attach to shm: the supervisor keeps its slot (pid, state).
             self.shm.heartbeats.register(NAMESRV, self.namesrv.process.pid)
+            self.shm.heartbeats.set_state(NAMESRV, STATE_RUNNING)
         for name, _module, _after, _policy in PROCESSES:
             self.spawn(self.children[name], abnormal=abnormal)
             self.wait_ready(self.children[name])

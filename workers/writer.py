@@ -36,7 +36,8 @@ class Writer(WorkerProcess):
         cfg = self.cfg
         started = time.monotonic()
         result = recover_store(cfg.store_dir, commitlog_file_size=cfg.mappedFileSizeCommitLog,
-                               cq_file_size=cfg.mappedFileSizeConsumeQueue, abnormal=self.abnormal)
+                               cq_file_size=cfg.mappedFileSizeConsumeQueue, abnormal=self.abnormal,
+                               delay_levels_ms=cfg.delay_levels_ms)
         log.info("%s recovery done in %.3f s: write_pos %d, %d records scanned, %d bytes truncated, %d queues",
                  "abnormal" if self.abnormal else "normal", time.monotonic() - started, result.write_pos,
                  result.records_scanned, result.truncated_bytes, len(result.queue_offsets))

@@ -183,9 +183,15 @@ class AdminHandlers:
         if error:
             return error
         offset = self.offsets.query(group, topic, queue_id)
-        if offset is None:
-            return Reply(ResponseCode.QUERY_NOT_FOUND, f"group {group} has no offset for {topic}:{queue_id}")
-        return Reply(fields={"offset": offset})
+        if offset is not None:
+            return Reply(fields={"offset": offset})
+        # RocketMQ's rule (ConsumerManageProcessor.queryConsumerOffset): a group with no offset on a
+        # queue that still holds its very first message (min offset 0) starts from 0, whatever its
+        # ConsumeFromWhere, so a new group sees a new topic's first messages. rmqd keeps the whole
+        # queue addressable, so "still in memory" is simply "nothing deleted yet".
+        if self.cq_store.get(topic, queue_id).min_offset() <= 0:
+            return Reply(fields={"offset": 0})
+        return Reply(ResponseCode.QUERY_NOT_FOUND, f"group {group} has no offset for {topic}:{queue_id}")
 
     def update_consumer_offset(self, cmd: Command) -> Reply:
         group = cmd.field_str("consumerGroup")
