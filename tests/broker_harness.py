@@ -4,6 +4,7 @@ Every broker gets free ports and its own store under the test's tmp_path. `stop(
 stop`; `kill_tree()` sends SIGKILL to every pid of the tree (supervisor + children + namesrv).
 The fixture's finalizer kills whatever is still alive, by PID, so a failing test leaves nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,23 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class BrokerTree:
-    def __init__(self, store_dir: Path, *, flush: str = "ASYNC_FLUSH", properties: dict[str, object] | None = None,
-                 port: int | None = None, namesrv_port: int | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        flush: str = "ASYNC_FLUSH",
+        properties: dict[str, object] | None = None,
+        port: int | None = None,
+        namesrv_port: int | None = None,
+    ) -> None:
         self.store_dir = str(store_dir)
         self.flush = flush
-        self.properties = {"mappedFileSizeCommitLog": 16 << 20, "mappedFileSizeConsumeQueue": 60_000,
-                           "shmRequestRingBytes": 16 << 20, **(properties or {})}
+        self.properties = {
+            "mappedFileSizeCommitLog": 16 << 20,
+            "mappedFileSizeConsumeQueue": 60_000,
+            "shmRequestRingBytes": 16 << 20,
+            **(properties or {}),
+        }
         self.port = port or free_port()
         self.namesrv_port = namesrv_port or free_port()
         self.process: subprocess.Popen | None = None
@@ -45,8 +57,18 @@ class BrokerTree:
         return f"127.0.0.1:{self.port}"
 
     def start_command(self) -> list[str]:
-        cmd = [*RMQD, "start", "--store-dir", self.store_dir, "--port", str(self.port),
-               "--namesrv-port", str(self.namesrv_port), "--flush", self.flush]
+        cmd = [
+            *RMQD,
+            "start",
+            "--store-dir",
+            self.store_dir,
+            "--port",
+            str(self.port),
+            "--namesrv-port",
+            str(self.namesrv_port),
+            "--flush",
+            self.flush,
+        ]
         for key, value in self.properties.items():
             cmd += ["-p", f"{key}={value}"]
         return cmd
@@ -54,13 +76,21 @@ class BrokerTree:
     def start(self, timeout_s: float = 60.0) -> BrokerTree:
         out = open(self.output_path, "ab")  # noqa: SIM115 - handed to the child, closed on stop
         env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.process = subprocess.Popen(self.start_command(), stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT)
+        self.process = subprocess.Popen(
+            self.start_command(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+        )
         out.close()
         self.known_pids.add(self.process.pid)
         wait_until(self._ready_or_dead, timeout_s, "broker tree to become ready")
         if self.process.poll() is not None:
-            raise AssertionError(f"rmqd start exited with {self.process.returncode}:\n{self.output()[-4000:]}")
+            raise AssertionError(
+                f"rmqd start exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            )
         return self
 
     def _ready_or_dead(self) -> bool:
@@ -94,8 +124,13 @@ class BrokerTree:
     def stop(self, timeout_s: float = 60.0) -> int:
         """`rmqd stop`; returns its exit code and waits for the supervisor to exit."""
         env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-        result = subprocess.run([*RMQD, "stop", "--store-dir", self.store_dir], env=env, cwd=REPO_ROOT,
-                                capture_output=True, timeout=timeout_s)
+        result = subprocess.run(
+            [*RMQD, "stop", "--store-dir", self.store_dir],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            timeout=timeout_s,
+        )
         if self.process is not None:
             self.process.wait(timeout_s)
         return result.returncode

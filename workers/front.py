@@ -15,6 +15,7 @@ and are published to the writer ONCE per round), answer what the writer acknowle
 pulls the holder woke, and do the periodic work. Sends are answered when the writer's
 AppendResult arrives, or, with SYNC_FLUSH, once flush_pos passes the request's end.
 """
+
 from __future__ import annotations
 
 import collections
@@ -54,7 +55,10 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 PUT_STATUS_REPLY = {
     ar.PutStatus.SERVICE_NOT_AVAILABLE: (ResponseCode.SERVICE_NOT_AVAILABLE, "store is not writable now"),
     ar.PutStatus.MESSAGE_ILLEGAL: (ResponseCode.MESSAGE_ILLEGAL, "message larger than a CommitLog file"),
-    ar.PutStatus.UNKNOWN_ERROR: (ResponseCode.SYSTEM_ERROR, "CommitLog write failed; store flagged not writable"),
+    ar.PutStatus.UNKNOWN_ERROR: (
+        ResponseCode.SYSTEM_ERROR,
+        "CommitLog write failed; store flagged not writable",
+    ),
 }
 PULL_STATUS_CODE = {
     GetStatus.FOUND: ResponseCode.SUCCESS,
@@ -91,14 +95,18 @@ class Front(WorkerProcess):
         self.request_ring, self.ack_ring = self.shm.rings["request"], self.shm.rings["ack"]
         self.park_ring, self.wake_ring = self.shm.rings["park"], self.shm.rings["wake"]
         self.flushed = self.shm.doorbells["flushed"]
-        self.doorbells = [(self.ack_ring.doorbell, self.ack_ring.ready),
-                          (self.wake_ring.doorbell, self.wake_ring.ready)]
+        self.doorbells = [
+            (self.ack_ring.doorbell, self.ack_ring.ready),
+            (self.wake_ring.doorbell, self.wake_ring.ready),
+        ]
         if cfg.flush_sync:
             self.doorbells.append((self.flushed, self._flush_covers_waiting))
         for doorbell, _ready in self.doorbells:
             self.poller.register(doorbell.fileno(), zmq.POLLIN)
         self.pending: dict[int, PendingSend] = {}
-        self.sync_waiting: collections.deque[tuple[int, float, PendingSend, ar.AppendResult]] = collections.deque()
+        self.sync_waiting: collections.deque[tuple[int, float, PendingSend, ar.AppendResult]] = (
+            collections.deque()
+        )
         self.request_ids = itertools.count(1)
         self.opaques = itertools.count(1)
         self.wait_time_s = cfg.waitTimeMillsInSendQueue / 1000.0
@@ -111,19 +119,28 @@ class Front(WorkerProcess):
     def _open_store(self) -> None:
         cfg = self.cfg
         os.makedirs(cfg.config_dir, exist_ok=True)
-        self.topics = TopicConfigManager(os.path.join(cfg.config_dir, "topics.json"),
-                                         cluster_name=cfg.brokerClusterName, broker_name=cfg.brokerName,
-                                         auto_create=cfg.autoCreateTopicEnable,
-                                         default_queue_nums=cfg.defaultTopicQueueNums)
+        self.topics = TopicConfigManager(
+            os.path.join(cfg.config_dir, "topics.json"),
+            cluster_name=cfg.brokerClusterName,
+            broker_name=cfg.brokerName,
+            auto_create=cfg.autoCreateTopicEnable,
+            default_queue_nums=cfg.defaultTopicQueueNums,
+        )
         self.topics.persist()
         self.offsets = ConsumerOffsetManager(os.path.join(cfg.config_dir, "consumerOffset.json"))
         self.consumers = ConsumerGroups()
         self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=True)
         self.cq_store = ConsumeQueueStore(cfg.store_dir, cfg.mappedFileSizeConsumeQueue, readonly=True)
         self.reader = MessageReader(self.commit_log, self.cq_store)
-        self.admin = AdminHandlers(topics=self.topics, offsets=self.offsets, consumers=self.consumers,
-                                   cq_store=self.cq_store, commit_log=self.commit_log,
-                                   runtime_info=self.runtime_info, on_topics_changed=self._register_now)
+        self.admin = AdminHandlers(
+            topics=self.topics,
+            offsets=self.offsets,
+            consumers=self.consumers,
+            cq_store=self.cq_store,
+            commit_log=self.commit_log,
+            runtime_info=self.runtime_info,
+            on_topics_changed=self._register_now,
+        )
 
     def _open_sockets(self) -> None:
         cfg = self.cfg
@@ -180,8 +197,11 @@ class Front(WorkerProcess):
             except zmq.Again:
                 break
             if len(frames) != 2:
-                log.warning("dropped a message of %d frames from %r: requests are exactly one frame",
-                            len(frames), frames[0][:16] if frames else b"")
+                log.warning(
+                    "dropped a message of %d frames from %r: requests are exactly one frame",
+                    len(frames),
+                    frames[0][:16] if frames else b"",
+                )
                 continue
             self._serve(frames[0], frames[1])
         for dealer in self.namesrvs:
@@ -217,12 +237,16 @@ class Front(WorkerProcess):
             return self.process_pull(identity, cmd, frame, allow_suspend=True)
         handler = self.admin.table.get(code)
         if handler is None:
-            return Reply(ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
-                         f"request code {code} is not supported by this broker (rmqd)")
+            return Reply(
+                ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
+                f"request code {code} is not supported by this broker (rmqd)",
+            )
         return handler(cmd)
 
     def _reply(self, identity: bytes, opaque: int, reply: Reply) -> None:
-        self._send(identity, codec.encode_response(reply.code, opaque, reply.fields, reply.remark, reply.body))
+        self._send(
+            identity, codec.encode_response(reply.code, opaque, reply.fields, reply.remark, reply.body)
+        )
 
     def _send(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -247,17 +271,26 @@ class Front(WorkerProcess):
             return Reply(ResponseCode.MESSAGE_ILLEGAL, problem)
         config = self.topics.get(topic)
         if config is None:
-            config = self.topics.create_in_send(topic, cmd.field_str("defaultTopic", "TBW102"),
-                                                cmd.field_int("defaultTopicQueueNums", 4))
+            config = self.topics.create_in_send(
+                topic, cmd.field_str("defaultTopic", "TBW102"), cmd.field_int("defaultTopicQueueNums", 4)
+            )
             if config is None:
-                return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic[{topic}] not exist, apply first please! "
-                                                            f"(mqadmin updateTopic, or autoCreateTopicEnable=true)")
+                return Reply(
+                    ResponseCode.TOPIC_NOT_EXIST,
+                    f"topic[{topic}] not exist, apply first please! "
+                    f"(mqadmin updateTopic, or autoCreateTopicEnable=true)",
+                )
             log.info("topic %s auto-created with %d queues", topic, config.writeQueueNums)
             self._register_now()
         if not config.writable:
             return Reply(ResponseCode.NO_PERMISSION, f"the topic[{topic}] sending is forbidden")
-        prepared = send_logic.prepare_send(cmd.fields, cmd.body, batch=batch, write_queue_nums=config.writeQueueNums,
-                                           max_message_size=self.cfg.maxMessageSize)
+        prepared = send_logic.prepare_send(
+            cmd.fields,
+            cmd.body,
+            batch=batch,
+            write_queue_nums=config.writeQueueNums,
+            max_message_size=self.cfg.maxMessageSize,
+        )
         if isinstance(prepared, send_logic.Rejection):
             return Reply(prepared.code, prepared.remark)
         return self._hand_to_writer(identity, cmd.opaque, prepared)
@@ -268,18 +301,24 @@ class Front(WorkerProcess):
         if self.pending:
             waited_s = time.monotonic() - next(iter(self.pending.values())).created
             if waited_s > self.wait_time_s:
-                return (f"[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, "
-                        f"period in queue: {waited_s * 1000:.0f}ms")
+                return (
+                    f"[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, "
+                    f"period in queue: {waited_s * 1000:.0f}ms"
+                )
         return ""
 
-    def _hand_to_writer(self, identity: bytes | None, opaque: int, prepared: send_logic.PreparedSend) -> Reply | None:
+    def _hand_to_writer(
+        self, identity: bytes | None, opaque: int, prepared: send_logic.PreparedSend
+    ) -> Reply | None:
         size = prepared.entry_size()
         if size > self.request_ring.max_payload:
             return Reply(ResponseCode.MESSAGE_ILLEGAL, f"request of {size} bytes exceeds the request ring")
         view = self.request_ring.reserve(size)
         if view is None:
             self.request_ring.publish()
-            return Reply(ResponseCode.SYSTEM_BUSY, "[PC_SYNCHRONIZED]broker busy, start flow control for a while")
+            return Reply(
+                ResponseCode.SYSTEM_BUSY, "[PC_SYNCHRONIZED]broker busy, start flow control for a while"
+            )
         request_id = next(self.request_ids)
         send_logic.encode_into(view, request_id, prepared, self.store_host)
         self.request_ring.commit(0)
@@ -306,9 +345,16 @@ class Front(WorkerProcess):
                 self._reply_sent(pending, result, ResponseCode.SUCCESS)
         self.ack_ring.release()
 
-    def _reply_sent(self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = "") -> None:
+    def _reply_sent(
+        self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = ""
+    ) -> None:
         ids = ",".join(rec.offset_msg_id(self.store_host, phy) for phy in result.phy_offsets)
-        fields = {"msgId": ids, "offsetMsgId": ids, "queueId": pending.queue_id, "queueOffset": result.queue_offset}
+        fields = {
+            "msgId": ids,
+            "offsetMsgId": ids,
+            "queueId": pending.queue_id,
+            "queueOffset": result.queue_offset,
+        }
         self._reply(pending.identity, pending.opaque, Reply(code, remark, fields))
 
     def _flush_covers_waiting(self) -> bool:
@@ -323,11 +369,17 @@ class Front(WorkerProcess):
         now = time.monotonic()
         while waiting and waiting[0][1] <= now:
             _end, _deadline, pending, result = waiting.popleft()
-            self._reply_sent(pending, result, ResponseCode.FLUSH_DISK_TIMEOUT,
-                             f"flush did not complete within syncFlushTimeout={self.cfg.syncFlushTimeout}ms")
+            self._reply_sent(
+                pending,
+                result,
+                ResponseCode.FLUSH_DISK_TIMEOUT,
+                f"flush did not complete within syncFlushTimeout={self.cfg.syncFlushTimeout}ms",
+            )
 
     # -- pulls -------------------------------------------------------------------------------
-    def process_pull(self, identity: bytes | None, cmd: Command, frame: bytes, *, allow_suspend: bool) -> Reply | None:
+    def process_pull(
+        self, identity: bytes | None, cmd: Command, frame: bytes, *, allow_suspend: bool
+    ) -> Reply | None:
         topic = cmd.field_str("topic")
         queue_id = cmd.field_int("queueId")
         queue_offset = cmd.field_int("queueOffset")
@@ -338,32 +390,54 @@ class Front(WorkerProcess):
         if not config.readable:
             return Reply(ResponseCode.NO_PERMISSION, f"the topic[{topic}] pulling message is forbidden")
         if not 0 <= queue_id < config.readQueueNums:
-            return Reply(ResponseCode.INVALID_PARAMETER, f"queueId[{queue_id}] is illegal, topic:[{topic}] "
-                                                          f"topicConfig.readQueueNums:[{config.readQueueNums}]")
+            return Reply(
+                ResponseCode.INVALID_PARAMETER,
+                f"queueId[{queue_id}] is illegal, topic:[{topic}] "
+                f"topicConfig.readQueueNums:[{config.readQueueNums}]",
+            )
         if sys_flag & PULL_FLAG_COMMIT_OFFSET and cmd.field_int("commitOffset", -1) >= 0:
-            self.offsets.commit(cmd.field_str("consumerGroup"), topic, queue_id, cmd.field_int("commitOffset"))
+            self.offsets.commit(
+                cmd.field_str("consumerGroup"), topic, queue_id, cmd.field_int("commitOffset")
+            )
         max_count = max(1, min(cmd.field_int("maxMsgNums", 32), self.cfg.maxTransferCountOnMessageInMemory))
         max_bytes = min(cmd.field_int("maxMsgBytes", 1 << 30), self.cfg.maxTransferBytesOnMessageInMemory)
-        result = self.reader.get_messages(topic, queue_id, queue_offset, max_count, max_bytes,
-                                          _tag_codes(cmd.field_str("subscription", "*")), self.positions.dispatch_pos)
+        result = self.reader.get_messages(
+            topic,
+            queue_id,
+            queue_offset,
+            max_count,
+            max_bytes,
+            _tag_codes(cmd.field_str("subscription", "*")),
+            self.positions.dispatch_pos,
+        )
         code = PULL_STATUS_CODE.get(result.status, ResponseCode.PULL_NOT_FOUND)
         if result.status is GetStatus.NO_MESSAGE_IN_QUEUE and queue_offset != 0:
             code = ResponseCode.PULL_OFFSET_MOVED
         suspend_ms = cmd.field_int("suspendTimeoutMillis", 0)
-        if (code == ResponseCode.PULL_NOT_FOUND and allow_suspend and identity is not None
-                and sys_flag & PULL_FLAG_SUSPEND and suspend_ms > 0):
+        if (
+            code == ResponseCode.PULL_NOT_FOUND
+            and allow_suspend
+            and identity is not None
+            and sys_flag & PULL_FLAG_SUSPEND
+            and suspend_ms > 0
+        ):
             if not self.cfg.longPollingEnable:
                 suspend_ms = self.cfg.shortPollingTimeMills
             if self._park(identity, topic, queue_id, queue_offset, suspend_ms, frame):
                 return None
         body = b"".join(result.buffers) if result.buffers else b""
         self.pulled += result.message_count
-        fields = {"nextBeginOffset": result.next_offset, "minOffset": result.min_offset,
-                  "maxOffset": result.max_offset, "suggestWhichBrokerId": 0}
+        fields = {
+            "nextBeginOffset": result.next_offset,
+            "minOffset": result.min_offset,
+            "maxOffset": result.max_offset,
+            "suggestWhichBrokerId": 0,
+        }
         return Reply(code, "" if code == ResponseCode.SUCCESS else result.status.value, fields, body)
 
-    def _park(self, identity: bytes, topic: str, queue_id: int, queue_offset: int, suspend_ms: int,
-              frame: bytes) -> bool:
+    def _park(
+        self, identity: bytes, topic: str, queue_id: int, queue_offset: int, suspend_ms: int, frame: bytes
+    ) -> bool:
         deadline_ms = time.time_ns() // 1_000_000 + suspend_ms
         pull = ParkedPull(queue_offset, deadline_ms, queue_id, topic.encode(), identity, frame)
         view = self.park_ring.reserve(parked_pull_size(pull.topic, identity, frame))
@@ -408,15 +482,22 @@ class Front(WorkerProcess):
     def register_broker(self, code: RequestCode = RequestCode.REGISTER_BROKER) -> None:
         cfg = self.cfg
         self.next_register = time.monotonic() + cfg.registerNameServerPeriod / 1000.0
-        fields = {"clusterName": cfg.brokerClusterName, "brokerAddr": self.broker_addr,
-                  "brokerName": cfg.brokerName, "brokerId": cfg.brokerId, "haServerAddr": ""}
+        fields = {
+            "clusterName": cfg.brokerClusterName,
+            "brokerAddr": self.broker_addr,
+            "brokerName": cfg.brokerName,
+            "brokerId": cfg.brokerId,
+            "haServerAddr": "",
+        }
         body = codec.encode_json_body(self.topics.encode()) if code == RequestCode.REGISTER_BROKER else b""
         for dealer in self.namesrvs:
             try:
                 dealer.send(codec.encode_request(code, next(self.opaques), fields, body), zmq.NOBLOCK)
             except zmq.Again:  # not connected yet (IMMEDIATE): try again in a second, not in 30 s
-                log.info("namesrv %s not connected yet; retrying registration in 1 s",
-                         dealer.LAST_ENDPOINT.decode())
+                log.info(
+                    "namesrv %s not connected yet; retrying registration in 1 s",
+                    dealer.LAST_ENDPOINT.decode(),
+                )
                 self.next_register = min(self.next_register, time.monotonic() + 1.0)
 
     def _drain_namesrv(self, dealer: zmq.Socket) -> None:
@@ -435,14 +516,20 @@ class Front(WorkerProcess):
 
     def runtime_info(self) -> dict[str, object]:
         positions = self.positions.as_dict()
-        return {"brokerVersionDesc": "rmqd", "commitLogMaxOffset": positions["write_pos"],
-                "commitLogMinOffset": positions["min_phy_offset"], "flushPos": positions["flush_pos"],
-                "dispatchBehindBytes": positions["write_pos"] - positions["dispatch_pos"],
-                "putMessageTimesTotal": positions["put_messages_total"],
-                "putMessageSizeTotal": positions["put_bytes_total"],
-                "getMessageTimesTotal": self.pulled, "pendingSends": len(self.pending),
-                "diskUsedRatio": positions["disk_used_ppm"] / 1_000_000,
-                "brokerName": self.cfg.brokerName, "brokerAddr": self.broker_addr}
+        return {
+            "brokerVersionDesc": "rmqd",
+            "commitLogMaxOffset": positions["write_pos"],
+            "commitLogMinOffset": positions["min_phy_offset"],
+            "flushPos": positions["flush_pos"],
+            "dispatchBehindBytes": positions["write_pos"] - positions["dispatch_pos"],
+            "putMessageTimesTotal": positions["put_messages_total"],
+            "putMessageSizeTotal": positions["put_bytes_total"],
+            "getMessageTimesTotal": self.pulled,
+            "pendingSends": len(self.pending),
+            "diskUsedRatio": positions["disk_used_ppm"] / 1_000_000,
+            "brokerName": self.cfg.brokerName,
+            "brokerAddr": self.broker_addr,
+        }
 
     def teardown(self) -> None:
         """Stop accepting, answer what the writer still acknowledges, persist config, unregister."""

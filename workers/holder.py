@@ -13,13 +13,20 @@ announced them between the front's read and our registration: no wake-up is lost
 deadline passes (the front then answers NO_NEW_MSG), or (d) the once-a-second re-check of every
 parked queue finds new units (covers arrivals dropped while the arrival ring was full).
 """
+
 from __future__ import annotations
 
 import heapq
 import logging
 import time
 
-from rmqd.broker.hold import ParkedPull, decode_arrival, decode_parked_pull, encode_parked_pull, parked_pull_size
+from rmqd.broker.hold import (
+    ParkedPull,
+    decode_arrival,
+    decode_parked_pull,
+    encode_parked_pull,
+    parked_pull_size,
+)
 from rmqd.store.consume_queue import ConsumeQueueStore
 from workers.base import WorkerProcess, run_from_argv
 
@@ -61,7 +68,10 @@ class Holder(WorkerProcess):
         entries = self.park_ring.entries()
         for _kind, entry in entries:
             pull = decode_parked_pull(entry)
-            if self.parked_count >= MAX_PARKED or self._max_offset(pull.topic, pull.queue_id) > pull.queue_offset:
+            if (
+                self.parked_count >= MAX_PARKED
+                or self._max_offset(pull.topic, pull.queue_id) > pull.queue_offset
+            ):
                 self._wake(pull, track=False)  # never entered the deadline heap
                 continue
             self.parked.setdefault((pull.topic, pull.queue_id), []).append(pull)

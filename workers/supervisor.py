@@ -18,6 +18,7 @@ accepting, answer what is in flight), the writer (finish its batches), the dispa
 and flush the ConsumeQueue), the flusher last (final fdatasync and checkpoint) — then remove the
 abort file only if every process exited cleanly, unlink the segment and release the lock.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,12 +55,12 @@ RESTART_ALL = "restart-all"  # stop every process and boot the broker again (abn
 
 PROCESSES = (
     # name          module                start after    on unexpected exit
-    ("writer",      "workers.writer",     None,          RESTART_ALL),  # owns the CommitLog tail
-    ("flusher",     "workers.flusher",    "writer",      RESTART_ALL),  # SYNC_FLUSH acks wait on it
-    ("dispatcher",  "workers.dispatcher", "writer",      RESTART),      # resumes from the checkpoint
-    ("cleaner",     "workers.cleaner",    "writer",      RESTART),
-    ("holder",      "workers.holder",     "dispatcher",  RESTART),      # parked pulls time out client-side
-    ("front",       "workers.front",      "holder",      RESTART),      # unacked sends are retried
+    ("writer", "workers.writer", None, RESTART_ALL),  # owns the CommitLog tail
+    ("flusher", "workers.flusher", "writer", RESTART_ALL),  # SYNC_FLUSH acks wait on it
+    ("dispatcher", "workers.dispatcher", "writer", RESTART),  # resumes from the checkpoint
+    ("cleaner", "workers.cleaner", "writer", RESTART),
+    ("holder", "workers.holder", "dispatcher", RESTART),  # parked pulls time out client-side
+    ("front", "workers.front", "holder", RESTART),  # unacked sends are retried
 )
 STOP_ORDER = ("front", "holder", "writer", "dispatcher", "cleaner", "flusher")
 NAMESRV = "namesrv"
@@ -113,8 +114,17 @@ class Supervisor:
             cmd = [sys.executable, "-m", child.module, "--listen", self.namesrv_addr]
             fds: tuple[int, ...] = ()
         else:
-            cmd = [sys.executable, "-m", child.module, "--config-json", orjson.dumps(self.cfg.to_dict()).decode(),
-                   "--shm", self.shm_path, "--fds", orjson.dumps(self.eventfds).decode()]
+            cmd = [
+                sys.executable,
+                "-m",
+                child.module,
+                "--config-json",
+                orjson.dumps(self.cfg.to_dict()).decode(),
+                "--shm",
+                self.shm_path,
+                "--fds",
+                orjson.dumps(self.eventfds).decode(),
+            ]
             if abnormal:
                 cmd.append("--abnormal")
             fds = tuple(self.eventfds.values())
@@ -127,8 +137,10 @@ class Supervisor:
         while True:
             code = child.process.poll()
             if code is not None:
-                raise BootFailed(f"{child.name} exited during boot with {describe_exit(code)}; "
-                                 f"see {os.path.join(self.cfg.logs_dir, child.name + '.log')}")
+                raise BootFailed(
+                    f"{child.name} exited during boot with {describe_exit(code)}; "
+                    f"see {os.path.join(self.cfg.logs_dir, child.name + '.log')}"
+                )
             if self._is_ready(child):
                 return
             if time.monotonic() > deadline:
@@ -142,7 +154,9 @@ class Supervisor:
             with socket.socket() as sock:
                 return sock.connect_ex((host, int(port))) == 0
         heartbeats = self.shm.heartbeats
-        return heartbeats.pid(child.name) == child.process.pid and heartbeats.state(child.name) == STATE_RUNNING
+        return (
+            heartbeats.pid(child.name) == child.process.pid and heartbeats.state(child.name) == STATE_RUNNING
+        )
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep, waking at once on a signal; returns whether a stop was requested."""
@@ -156,11 +170,17 @@ class Supervisor:
     # -- boot --------------------------------------------------------------------------------
     def boot(self, *, abnormal: bool) -> None:
         if abnormal:
-            log.warning("abort file found in %s: the last stop was not clean; abnormal recovery will run",
-                        self.cfg.store_dir)
-        ring_sizes = {"request": self.cfg.shmRequestRingBytes, "ack": self.cfg.shmAckRingBytes,
-                      "park": self.cfg.shmSmallRingBytes, "wake": self.cfg.shmSmallRingBytes,
-                      "arrival": self.cfg.shmSmallRingBytes}
+            log.warning(
+                "abort file found in %s: the last stop was not clean; abnormal recovery will run",
+                self.cfg.store_dir,
+            )
+        ring_sizes = {
+            "request": self.cfg.shmRequestRingBytes,
+            "ack": self.cfg.shmAckRingBytes,
+            "park": self.cfg.shmSmallRingBytes,
+            "wake": self.cfg.shmSmallRingBytes,
+            "arrival": self.cfg.shmSmallRingBytes,
+        }
         self.shm, self.eventfds = create_broker_shm(self.shm_path, ring_sizes)
         self.shm.heartbeats.register("supervisor", os.getpid())
         self.shm.heartbeats.set_state("supervisor", STATE_RUNNING)
@@ -191,10 +211,16 @@ class Supervisor:
             code = child.process.poll() if child.process else None
             if code is None:
                 continue
-            log.error("%s (pid %d) exited unexpectedly with %s", child.name, child.process.pid, describe_exit(code))
+            log.error(
+                "%s (pid %d) exited unexpectedly with %s", child.name, child.process.pid, describe_exit(code)
+            )
             if not self._within_budget(child):
-                log.error("%s failed %d times within %.0f s: stopping the broker", child.name,
-                          len(child.restarts), RESTART_WINDOW_S)
+                log.error(
+                    "%s failed %d times within %.0f s: stopping the broker",
+                    child.name,
+                    len(child.restarts),
+                    RESTART_WINDOW_S,
+                )
                 return EXIT_CHILD_FAILED
             if child.policy == RESTART_ALL:
                 return self.reboot(child.name)
@@ -231,7 +257,9 @@ class Supervisor:
             if age_ms is None or age_ms <= timeout_ms or child.process.poll() is not None:
                 continue
             sig = signal.SIGKILL if child.abort_sent else signal.SIGABRT
-            log.error("%s (pid %d) silent for %.0f ms: sending %s", child.name, child.process.pid, age_ms, sig.name)
+            log.error(
+                "%s (pid %d) silent for %.0f ms: sending %s", child.name, child.process.pid, age_ms, sig.name
+            )
             child.process.send_signal(sig)
             child.abort_sent = True
 
@@ -269,7 +297,9 @@ def stop_process(child: Child) -> bool:
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            log.error("%s (pid %d) did not stop within %.0f s: killing it", child.name, process.pid, STOP_TIMEOUT_S)
+            log.error(
+                "%s (pid %d) did not stop within %.0f s: killing it", child.name, process.pid, STOP_TIMEOUT_S
+            )
             process.kill()
             process.wait()
     code = process.returncode
@@ -292,8 +322,12 @@ def run_broker(cfg: BrokerConfig, *, embedded_namesrv: bool, namesrv_port: int, 
     """`rmqd start`: run the broker in the foreground (or detached with `daemon`) until stopped."""
     os.makedirs(cfg.store_dir, exist_ok=True)
     if daemon:
-        return daemonize(lambda: run_broker(cfg, embedded_namesrv=embedded_namesrv,
-                                            namesrv_port=namesrv_port, daemon=False), cfg)
+        return daemonize(
+            lambda: run_broker(
+                cfg, embedded_namesrv=embedded_namesrv, namesrv_port=namesrv_port, daemon=False
+            ),
+            cfg,
+        )
     setup_logging("supervisor", cfg.logs_dir)
     if embedded_namesrv:
         cfg.namesrvAddr = f"127.0.0.1:{namesrv_port}"
@@ -311,8 +345,15 @@ def run_broker(cfg: BrokerConfig, *, embedded_namesrv: bool, namesrv_port: int, 
     code = EXIT_ERROR
     try:
         supervisor.boot(abnormal=abnormal)
-        log.info("rmqd broker %s ready on %s:%d (namesrv %s, store %s, %s)", cfg.brokerName, cfg.brokerIP1,
-                 cfg.listenPort, cfg.namesrvAddr, cfg.store_dir, cfg.flushDiskType)
+        log.info(
+            "rmqd broker %s ready on %s:%d (namesrv %s, store %s, %s)",
+            cfg.brokerName,
+            cfg.brokerIP1,
+            cfg.listenPort,
+            cfg.namesrvAddr,
+            cfg.store_dir,
+            cfg.flushDiskType,
+        )
         code = supervisor.watch()
     except BootFailed as exc:
         log.error("broker failed to boot: %s", exc)
@@ -324,7 +365,9 @@ def run_broker(cfg: BrokerConfig, *, embedded_namesrv: bool, namesrv_port: int, 
             remove_abort(cfg.store_dir)
             log.info("broker stopped cleanly")
         else:
-            log.warning("broker stopped with exit code %d; abort file kept: next start runs abnormal recovery", code)
+            log.warning(
+                "broker stopped with exit code %d; abort file kept: next start runs abnormal recovery", code
+            )
         _remove_pid_file(cfg.store_dir)
         lock.release()
     return code
@@ -371,8 +414,17 @@ def _write_pid_file(cfg: BrokerConfig, shm_path: str) -> None:
     path = _pid_file(cfg.store_dir)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(orjson.dumps({"pid": os.getpid(), "shm": shm_path, "store": cfg.store_dir,
-                              "listen": f"{cfg.brokerIP1}:{cfg.listenPort}", "namesrv": cfg.namesrvAddr}))
+        f.write(
+            orjson.dumps(
+                {
+                    "pid": os.getpid(),
+                    "shm": shm_path,
+                    "store": cfg.store_dir,
+                    "listen": f"{cfg.brokerIP1}:{cfg.listenPort}",
+                    "namesrv": cfg.namesrvAddr,
+                }
+            )
+        )
     os.replace(tmp, path)
 
 
@@ -431,8 +483,14 @@ def broker_status(store_dir: str) -> dict:
     """`rmqd status`: processes with pids and states, shared positions and ring depths."""
     store_dir = os.path.abspath(os.path.expanduser(store_dir))
     info = _read_pid_file(store_dir)
-    report: dict = {"store": store_dir, "supervisor_pid": info.get("pid") if info else None,
-                    "running": _supervisor_alive(info), "processes": [], "positions": {}, "rings": {}}
+    report: dict = {
+        "store": store_dir,
+        "supervisor_pid": info.get("pid") if info else None,
+        "running": _supervisor_alive(info),
+        "processes": [],
+        "positions": {},
+        "rings": {},
+    }
     if not report["running"]:
         return report
     try:
@@ -448,10 +506,16 @@ def broker_status(store_dir: str) -> dict:
             if not pid:
                 continue
             last = int(slot.get("last_beat_ns") or 0)
-            report["processes"].append({
-                "name": name, "pid": pid, "state": slot.get("state"),
-                "alive": psutil.pid_exists(pid) and _not_zombie(pid), "restarts": int(slot.get("restarts") or 0),
-                "last_beat_age_ms": round((now_ns - last) / 1e6, 1) if last else None})
+            report["processes"].append(
+                {
+                    "name": name,
+                    "pid": pid,
+                    "state": slot.get("state"),
+                    "alive": psutil.pid_exists(pid) and _not_zombie(pid),
+                    "restarts": int(slot.get("restarts") or 0),
+                    "last_beat_age_ms": round((now_ns - last) / 1e6, 1) if last else None,
+                }
+            )
         report["positions"] = snapshot["positions"]
         report["rings"] = {name: ring["depth_bytes"] for name, ring in snapshot["rings"].items()}
     finally:

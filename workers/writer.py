@@ -13,6 +13,7 @@ AppendResults and ring the front, the dispatcher and (SYNC_FLUSH) the flusher on
 never waits for anything but the page cache: the fdatasync of a SYNC_FLUSH group is the flusher's,
 and the front holds those acks until flush_pos passes them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -35,12 +36,22 @@ class Writer(WorkerProcess):
     def setup(self) -> None:
         cfg = self.cfg
         started = time.monotonic()
-        result = recover_store(cfg.store_dir, commitlog_file_size=cfg.mappedFileSizeCommitLog,
-                               cq_file_size=cfg.mappedFileSizeConsumeQueue, abnormal=self.abnormal,
-                               delay_levels_ms=cfg.delay_levels_ms)
-        log.info("%s recovery done in %.3f s: write_pos %d, %d records scanned, %d bytes truncated, %d queues",
-                 "abnormal" if self.abnormal else "normal", time.monotonic() - started, result.write_pos,
-                 result.records_scanned, result.truncated_bytes, len(result.queue_offsets))
+        result = recover_store(
+            cfg.store_dir,
+            commitlog_file_size=cfg.mappedFileSizeCommitLog,
+            cq_file_size=cfg.mappedFileSizeConsumeQueue,
+            abnormal=self.abnormal,
+            delay_levels_ms=cfg.delay_levels_ms,
+        )
+        log.info(
+            "%s recovery done in %.3f s: write_pos %d, %d records scanned, %d bytes truncated, %d queues",
+            "abnormal" if self.abnormal else "normal",
+            time.monotonic() - started,
+            result.write_pos,
+            result.records_scanned,
+            result.truncated_bytes,
+            len(result.queue_offsets),
+        )
         self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=False)
         self.commit_log.set_write_pos(result.write_pos)
         self.queue_offsets: dict[tuple[bytes, int], int] = {
@@ -78,8 +89,13 @@ class Writer(WorkerProcess):
         try:
             phys = self.commit_log.append_records(request.records, request.record_count, queue_offset, now_ms)
         except RecordTooLargeError as exc:
-            log.warning("rejected request %d for %s-%d: %s", request.request_id, request.topic.decode(),
-                        request.queue_id, exc)
+            log.warning(
+                "rejected request %d for %s-%d: %s",
+                request.request_id,
+                request.topic.decode(),
+                request.queue_id,
+                exc,
+            )
             self._ack(request.request_id, ar.PutStatus.MESSAGE_ILLEGAL, -1, [])
             return 0
         except OSError as exc:
@@ -95,8 +111,12 @@ class Writer(WorkerProcess):
         self.write_error = True
         self.positions.set_writer_flags(self.positions.writer_flags | flags.WRITE_ERROR)
         reason = "disk full" if exc.errno == errno.ENOSPC else "I/O error"
-        log.error("CommitLog append failed at write_pos %d (%s: %s); store flagged not writable",
-                  self.commit_log.write_pos, reason, exc)
+        log.error(
+            "CommitLog append failed at write_pos %d (%s: %s); store flagged not writable",
+            self.commit_log.write_pos,
+            reason,
+            exc,
+        )
 
     def _ack(self, request_id: int, status: ar.PutStatus, queue_offset: int, phys: list[int]) -> None:
         size = ar.append_result_size(len(phys))

@@ -7,6 +7,7 @@ front turns into an INVALID_PARAMETER reply naming the field.
 
 Runs in the front process; not thread-safe.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,15 +57,22 @@ class ConsumerGroups:
             group = str(consumer.get("groupName", ""))
             if not group:
                 continue
-            subs = {str(s.get("topic")): str(s.get("subString", "*"))
-                    for s in consumer.get("subscriptionDataSet") or [] if s.get("topic")}
+            subs = {
+                str(s.get("topic")): str(s.get("subString", "*"))
+                for s in consumer.get("subscriptionDataSet") or []
+                if s.get("topic")
+            }
             members = self.groups.setdefault(group, {})
             if client_id not in members:
                 changed.append(group)
             previous = members.get(client_id)
-            members[client_id] = ConsumerClient(client_id, now, subs,
-                                                str(consumer.get("messageModel", "CLUSTERING")),
-                                                str(consumer.get("consumeFromWhere", "CONSUME_FROM_LAST_OFFSET")))
+            members[client_id] = ConsumerClient(
+                client_id,
+                now,
+                subs,
+                str(consumer.get("messageModel", "CLUSTERING")),
+                str(consumer.get("consumeFromWhere", "CONSUME_FROM_LAST_OFFSET")),
+            )
             if previous is not None and previous.subscriptions != subs:
                 log.info("consumer %s of group %s changed its subscriptions to %s", client_id, group, subs)
             self._warn_inconsistent(group)
@@ -73,9 +81,12 @@ class ConsumerGroups:
     def _warn_inconsistent(self, group: str) -> None:
         members = list(self.groups.get(group, {}).values())
         if len({tuple(sorted(m.subscriptions.items())) for m in members}) > 1:
-            log.warning("consumers of group %s subscribe differently: %s; messages may be lost or skipped; "
-                        "give every consumer of a group the same subscriptions", group,
-                        {m.client_id: m.subscriptions for m in members})
+            log.warning(
+                "consumers of group %s subscribe differently: %s; messages may be lost or skipped; "
+                "give every consumer of a group the same subscriptions",
+                group,
+                {m.client_id: m.subscriptions for m in members},
+            )
 
     def unregister(self, client_id: str, group: str) -> bool:
         return self.groups.get(group, {}).pop(client_id, None) is not None
@@ -85,7 +96,9 @@ class ConsumerGroups:
         for group, members in self.groups.items():
             stale = [cid for cid, c in members.items() if now - c.last_seen > CLIENT_EXPIRED_S]
             for cid in stale:
-                log.info("consumer %s of group %s expired (no heartbeat for %.0f s)", cid, group, CLIENT_EXPIRED_S)
+                log.info(
+                    "consumer %s of group %s expired (no heartbeat for %.0f s)", cid, group, CLIENT_EXPIRED_S
+                )
                 del members[cid]
             if stale:
                 changed.append(group)
@@ -98,9 +111,17 @@ class ConsumerGroups:
 class AdminHandlers:
     """Topic, offset, consumer-group and query requests of one broker."""
 
-    def __init__(self, *, topics: TopicConfigManager, offsets: ConsumerOffsetManager, consumers: ConsumerGroups,
-                 cq_store: Any, commit_log: Any, runtime_info: Callable[[], dict[str, Any]],
-                 on_topics_changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        topics: TopicConfigManager,
+        offsets: ConsumerOffsetManager,
+        consumers: ConsumerGroups,
+        cq_store: Any,
+        commit_log: Any,
+        runtime_info: Callable[[], dict[str, Any]],
+        on_topics_changed: Callable[[], None],
+    ) -> None:
         self.topics = topics
         self.offsets = offsets
         self.consumers = consumers
@@ -132,18 +153,30 @@ class AdminHandlers:
         topic = cmd.field_str("topic")
         problem = topic_name_problem(topic)
         if problem:
-            return Reply(ResponseCode.INVALID_PARAMETER, f"{problem}; choose a name of [%|a-zA-Z0-9_-], "
-                                                          f"at most 127 characters")
+            return Reply(
+                ResponseCode.INVALID_PARAMETER,
+                f"{problem}; choose a name of [%|a-zA-Z0-9_-], at most 127 characters",
+            )
         read_nums = cmd.field_int("readQueueNums", 16)
         write_nums = cmd.field_int("writeQueueNums", 16)
         if not (1 <= read_nums <= 1024 and 1 <= write_nums <= 1024):
-            return Reply(ResponseCode.INVALID_PARAMETER,
-                         f"queue numbers must be 1..1024, got read {read_nums} write {write_nums}")
-        config = TopicConfig(topic, read_nums, write_nums, cmd.field_int("perm", 6),
-                             cmd.field_str("topicFilterType", "SINGLE_TAG"), cmd.field_int("topicSysFlag", 0),
-                             cmd.field_bool("order", False))
+            return Reply(
+                ResponseCode.INVALID_PARAMETER,
+                f"queue numbers must be 1..1024, got read {read_nums} write {write_nums}",
+            )
+        config = TopicConfig(
+            topic,
+            read_nums,
+            write_nums,
+            cmd.field_int("perm", 6),
+            cmd.field_str("topicFilterType", "SINGLE_TAG"),
+            cmd.field_int("topicSysFlag", 0),
+            cmd.field_bool("order", False),
+        )
         self.topics.update(config)
-        log.info("topic %s created/updated: read %d write %d perm %d", topic, read_nums, write_nums, config.perm)
+        log.info(
+            "topic %s created/updated: read %d write %d perm %d", topic, read_nums, write_nums, config.perm
+        )
         self.on_topics_changed()
         return Reply()
 
@@ -172,9 +205,14 @@ class AdminHandlers:
         if config is None:
             return topic, queue_id, Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist")
         if not 0 <= queue_id < max(config.readQueueNums, config.writeQueueNums):
-            return topic, queue_id, Reply(ResponseCode.INVALID_PARAMETER,
-                                          f"queueId {queue_id} out of range for topic {topic} "
-                                          f"({config.readQueueNums} read queues)")
+            return (
+                topic,
+                queue_id,
+                Reply(
+                    ResponseCode.INVALID_PARAMETER,
+                    f"queueId {queue_id} out of range for topic {topic} ({config.readQueueNums} read queues)",
+                ),
+            )
         return topic, queue_id, None
 
     def query_consumer_offset(self, cmd: Command) -> Reply:

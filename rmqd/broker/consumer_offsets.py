@@ -9,6 +9,7 @@ An offset is the next queue offset the group will consume. The table lives in th
 (5 s) and at stop, tmp -> fsync -> rename with a `.bak`. A crash loses at most the commits of the
 last interval, which consumers then see again (at-least-once). Not thread-safe.
 """
+
 from __future__ import annotations
 
 from rmqd.store.files import atomic_write_json, read_json_with_bak
@@ -40,7 +41,7 @@ class ConsumerOffsetManager:
 
     def groups_of_topic(self, topic: str) -> list[str]:
         prefix = topic + TOPIC_GROUP_SEPARATOR
-        return sorted(k[len(prefix):] for k in self.table if k.startswith(prefix))
+        return sorted(k[len(prefix) :] for k in self.table if k.startswith(prefix))
 
     def offsets_of(self, group: str, topic: str) -> dict[int, int]:
         return dict(self.table.get(self.key(topic, group), {}))

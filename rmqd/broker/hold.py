@@ -8,11 +8,12 @@ PullRequestHoldService re-executes the request the same way).
 
 ParkedPull (little-endian), 32 bytes + topic + client identity + request frame:
 
-    0           8              16         20          22               24           28
-    +-----------+--------------+----------+-----------+----------------+------------+-------+----------+-------+
-    | queue_off | deadline_ms  | queue_id | topic_len | identity_len   | frame_len  | rsvd  | topic    | ident | frame |
-    | i64       | i64 (epoch)  | i32      | u16       | u16            | u32        | u32   |          |       |       |
-    +-----------+--------------+----------+-----------+----------------+------------+-------+----------+-------+
+    0            8              16         20          22             24           28       32
+    +------------+--------------+----------+-----------+--------------+------------+--------+
+    | queue_off  | deadline_ms  | queue_id | topic_len | identity_len | frame_len  | rsvd   |
+    | i64        | i64 (epoch)  | i32      | u16       | u16          | u32        | u32    |
+    +------------+--------------+----------+-----------+--------------+------------+--------+
+    followed by topic (topic_len bytes), client identity (identity_len), request frame (frame_len).
 
 Arrival (little-endian), 16 bytes + topic: the dispatcher's news that a queue grew.
 
@@ -22,6 +23,7 @@ Arrival (little-endian), 16 bytes + topic: the dispatcher's news that a queue gr
     | i64        | i32      | u16       | u16     |       |
     +------------+----------+-----------+---------+-------+
 """
+
 from __future__ import annotations
 
 import struct
@@ -58,7 +60,9 @@ def encode_parked_pull(buf: memoryview, pull: ParkedPull) -> None:
 
 
 def decode_parked_pull(entry: memoryview) -> ParkedPull:
-    queue_offset, deadline_ms, queue_id, topic_len, ident_len, frame_len, _ = PARKED_PULL_HEAD.unpack_from(entry)
+    queue_offset, deadline_ms, queue_id, topic_len, ident_len, frame_len, _ = PARKED_PULL_HEAD.unpack_from(
+        entry
+    )
     pos = PARKED_PULL_HEAD_SIZE
     topic = bytes(entry[pos : pos + topic_len])
     pos += topic_len

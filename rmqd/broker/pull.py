@@ -12,6 +12,7 @@ and the writer appends records. Two rules make that safe without locks:
 Bodies are not copied here: the result holds memoryviews into the CommitLog mapping, and the
 front joins them into the response frame (the one copy on the way out).
 """
+
 from __future__ import annotations
 
 import enum
@@ -126,7 +127,9 @@ class MessageReader:
             return GetResult(GetStatus.OFFSET_OVERFLOW_BADLY, next_offset, min_offset, max_offset)
         return None
 
-    def _checked_record(self, phy_offset: int, size: int, queue_id: int, queue_offset: int) -> memoryview | None:
+    def _checked_record(
+        self, phy_offset: int, size: int, queue_id: int, queue_offset: int
+    ) -> memoryview | None:
         try:
             view = self.commit_log.read(phy_offset, size)
         except (ValueError, IndexError, OSError):

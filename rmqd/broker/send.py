@@ -7,6 +7,7 @@ writer into the CommitLog. Validation failures are return values (`Rejection`), 
 
 Runs in the front process; not thread-safe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ def _encode_props(raw: object) -> bytes:
     raise ValueError(f"field properties must be a string or an object, got {type(raw).__name__}")
 
 
-def prepare_send(fields: dict, body: memoryview, *, batch: bool, write_queue_nums: int,
-                 max_message_size: int) -> PreparedSend | Rejection:
+def prepare_send(
+    fields: dict, body: memoryview, *, batch: bool, write_queue_nums: int, max_message_size: int
+) -> PreparedSend | Rejection:
     """Validate a send request and collect its messages. The topic must already be checked."""
     try:
         topic = str(fields["topic"]).encode()
@@ -90,19 +92,24 @@ def prepare_send(fields: dict, body: memoryview, *, batch: bool, write_queue_num
     if write_queue_nums > 0 and queue_id >= write_queue_nums:
         queue_id %= write_queue_nums  # RocketMQ folds an out-of-range queue id the same way
     if len(body) > max_message_size:
-        return Rejection(ResponseCode.MESSAGE_ILLEGAL,
-                         f"message body is {len(body)} bytes; maxMessageSize is {max_message_size}")
+        return Rejection(
+            ResponseCode.MESSAGE_ILLEGAL,
+            f"message body is {len(body)} bytes; maxMessageSize is {max_message_size}",
+        )
     if batch:
         return _prepare_batch(topic, queue_id, sys_flag, born_ms, reconsume, fields, body)
     if not body:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, "message body is empty; send at least one byte")
     if len(props) > MAX_PROPERTIES_BYTES:
-        return Rejection(ResponseCode.MESSAGE_ILLEGAL,
-                         f"message properties are {len(props)} bytes; at most {MAX_PROPERTIES_BYTES} allowed")
+        return Rejection(
+            ResponseCode.MESSAGE_ILLEGAL,
+            f"message properties are {len(props)} bytes; at most {MAX_PROPERTIES_BYTES} allowed",
+        )
     flag = _safe_int(fields.get("flag", 0))
     size = rec.record_size(len(body), len(topic), len(props))
-    return PreparedSend(topic, queue_id, [(flag, body, props, sys_flag, reconsume)], born_ms,
-                        _born_host(fields), size)
+    return PreparedSend(
+        topic, queue_id, [(flag, body, props, sys_flag, reconsume)], born_ms, _born_host(fields), size
+    )
 
 
 def _safe_int(value: object) -> int:
@@ -112,15 +119,17 @@ def _safe_int(value: object) -> int:
         return 0
 
 
-def _prepare_batch(topic: bytes, queue_id: int, sys_flag: int, born_ms: int, reconsume: int,
-                   fields: dict, body: memoryview) -> PreparedSend | Rejection:
+def _prepare_batch(
+    topic: bytes, queue_id: int, sys_flag: int, born_ms: int, reconsume: int, fields: dict, body: memoryview
+) -> PreparedSend | Rejection:
     messages: list[tuple[int, memoryview, bytes, int, int]] = []
     total = 0
     try:
         for flag, msg_body, msg_props in codec.iter_batch(body):
             if not len(msg_body):
-                return Rejection(ResponseCode.MESSAGE_ILLEGAL,
-                                 f"message {len(messages)} of the batch has an empty body")
+                return Rejection(
+                    ResponseCode.MESSAGE_ILLEGAL, f"message {len(messages)} of the batch has an empty body"
+                )
             props = bytes(msg_props)
             messages.append((flag, msg_body, props, sys_flag, reconsume))
             total += rec.record_size(len(msg_body), len(topic), len(props))
@@ -133,11 +142,21 @@ def _prepare_batch(topic: bytes, queue_id: int, sys_flag: int, born_ms: int, rec
 
 def encode_into(buf: memoryview, request_id: int, send: PreparedSend, store_host: bytes) -> None:
     """Write the AppendRequest for `send` into `buf` (a ring reservation of send.entry_size())."""
-    file_pos = ar.encode_append_request_head(buf, request_id, send.queue_id, len(send.messages),
-                                             send.records_bytes, send.topic)
+    file_pos = ar.encode_append_request_head(
+        buf, request_id, send.queue_id, len(send.messages), send.records_bytes, send.topic
+    )
     for flag, body, props, sys_flag, reconsume in send.messages:
         file_pos += rec.encode_record(
-            buf, file_pos, topic=send.topic, queue_id=send.queue_id, body=body, properties=props, flag=flag,
-            sys_flag=sys_flag, born_timestamp_ms=send.born_timestamp_ms, born_host=send.born_host,
-            store_host=store_host, reconsume_times=reconsume,
+            buf,
+            file_pos,
+            topic=send.topic,
+            queue_id=send.queue_id,
+            body=body,
+            properties=props,
+            flag=flag,
+            sys_flag=sys_flag,
+            born_timestamp_ms=send.born_timestamp_ms,
+            born_host=send.born_host,
+            store_host=store_host,
+            reconsume_times=reconsume,
         )

@@ -10,6 +10,7 @@ File format (RocketMQ's, so operators' tooling reads it):
 Written tmp -> fsync -> rename with a `.bak` of the previous version (rmqd.store.files).
 Owned by the front process (the only process that serves topic commands); not thread-safe.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,14 @@ SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
 TRANS_HALF_TOPIC = "RMQ_SYS_TRANS_HALF_TOPIC"
 TRANS_OP_HALF_TOPIC = "RMQ_SYS_TRANS_OP_HALF_TOPIC"
 SYSTEM_TOPICS = frozenset(
-    {AUTO_CREATE_TOPIC_KEY_TOPIC, SELF_TEST_TOPIC, OFFSET_MOVED_EVENT, SCHEDULE_TOPIC, TRANS_HALF_TOPIC,
-     TRANS_OP_HALF_TOPIC}
+    {
+        AUTO_CREATE_TOPIC_KEY_TOPIC,
+        SELF_TEST_TOPIC,
+        OFFSET_MOVED_EVENT,
+        SCHEDULE_TOPIC,
+        TRANS_HALF_TOPIC,
+        TRANS_OP_HALF_TOPIC,
+    }
 )
 
 
@@ -71,8 +78,9 @@ def topic_name_problem(topic: str) -> str | None:
 class TopicConfigManager:
     """The broker's topic table, persisted to `path`."""
 
-    def __init__(self, path: str, *, cluster_name: str, broker_name: str, auto_create: bool,
-                 default_queue_nums: int) -> None:
+    def __init__(
+        self, path: str, *, cluster_name: str, broker_name: str, auto_create: bool, default_queue_nums: int
+    ) -> None:
         self.path = path
         self.topics: dict[str, TopicConfig] = {}
         self.data_version = {"timestamp": int(time.time() * 1000), "counter": 0}
@@ -98,8 +106,11 @@ class TopicConfigManager:
             TopicConfig(broker, 1, 1, PERM_READ | PERM_WRITE),
         ]
         if auto_create:
-            wanted.append(TopicConfig(AUTO_CREATE_TOPIC_KEY_TOPIC, queue_nums, queue_nums,
-                                      PERM_INHERIT | PERM_READ | PERM_WRITE))
+            wanted.append(
+                TopicConfig(
+                    AUTO_CREATE_TOPIC_KEY_TOPIC, queue_nums, queue_nums, PERM_INHERIT | PERM_READ | PERM_WRITE
+                )
+            )
         for config in wanted:
             self.topics.setdefault(config.topicName, config)
 
@@ -132,13 +143,17 @@ class TopicConfigManager:
         return config
 
     def _bump_and_persist(self) -> None:
-        self.data_version = {"timestamp": int(time.time() * 1000),
-                             "counter": int(self.data_version.get("counter", 0)) + 1}
+        self.data_version = {
+            "timestamp": int(time.time() * 1000),
+            "counter": int(self.data_version.get("counter", 0)) + 1,
+        }
         self.persist()
 
     def persist(self) -> None:
         atomic_write_json(self.path, self.encode())
 
     def encode(self) -> dict:
-        return {"topicConfigTable": {name: asdict(cfg) for name, cfg in sorted(self.topics.items())},
-                "dataVersion": self.data_version}
+        return {
+            "topicConfigTable": {name: asdict(cfg) for name, cfg in sorted(self.topics.items())},
+            "dataVersion": self.data_version,
+        }

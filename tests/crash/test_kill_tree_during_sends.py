@@ -1,4 +1,5 @@
 """kill -9 of the whole broker tree during sends: every SEND_OK message survives the restart."""
+
 from __future__ import annotations
 
 import threading
@@ -60,7 +61,9 @@ def test_acknowledged_messages_survive_kill_9_of_the_whole_tree(tmp_path, flush)
         tree.start()
         acked: list[str] = []
         stop = threading.Event()
-        senders = [threading.Thread(target=_sender, args=(tree.namesrv_addr, acked, stop, w)) for w in range(4)]
+        senders = [
+            threading.Thread(target=_sender, args=(tree.namesrv_addr, acked, stop, w)) for w in range(4)
+        ]
         for thread in senders:
             thread.start()
         wait_until(lambda: len(acked) >= 3000, 60, "3000 acknowledged sends")
@@ -76,8 +79,10 @@ def test_acknowledged_messages_survive_kill_9_of_the_whole_tree(tmp_path, flush)
         assert "abnormal recovery" in tree.output()
         seen, duplicates = _read_everything(tree.namesrv_addr, acknowledged, timeout_s=120)
         lost = acknowledged - seen
-        print(f"{flush}: acknowledged {len(acknowledged)}, read {len(seen)}, lost {len(lost)}, "
-              f"duplicates {duplicates}")
+        print(
+            f"{flush}: acknowledged {len(acknowledged)}, read {len(seen)}, lost {len(lost)}, "
+            f"duplicates {duplicates}"
+        )
         assert not lost, f"{len(lost)} acknowledged messages lost, e.g. {sorted(lost)[:5]}"
     finally:
         tree.cleanup()

@@ -1,4 +1,5 @@
 """The walking skeleton end to end: `rmqd start`, Producer.send, LitePullConsumer, `rmqd stop`."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,8 +24,10 @@ MESSAGE_COUNT = int(os.environ.get("RMQD_E2E_MESSAGES", "100000"))
 
 @pytest.fixture
 def broker(tmp_path):
-    tree = BrokerTree(tmp_path / "store", properties={"defaultTopicQueueNums": QUEUES_PER_TOPIC,
-                                                      "mappedFileSizeCommitLog": 64 << 20})
+    tree = BrokerTree(
+        tmp_path / "store",
+        properties={"defaultTopicQueueNums": QUEUES_PER_TOPIC, "mappedFileSizeCommitLog": 64 << 20},
+    )
     try:
         yield tree.start()
     finally:
@@ -63,7 +66,9 @@ def _send_all(producer: Producer, count: int) -> dict[tuple[str, int, int], str]
     return sent
 
 
-def _consume_all(namesrv: str, group: str, expected: int, timeout_s: float) -> dict[tuple[str, int, int], str]:
+def _consume_all(
+    namesrv: str, group: str, expected: int, timeout_s: float
+) -> dict[tuple[str, int, int], str]:
     consumer = LitePullConsumer(group, namesrv=namesrv)
     for topic in TOPICS:
         consumer.subscribe(topic, "*")
@@ -98,7 +103,9 @@ def test_every_sent_message_is_read_back_in_queue_order_by_two_groups(broker):
     for group in ("e2e-group-1", "e2e-group-2"):
         got = _consume_all(broker.namesrv_addr, group, MESSAGE_COUNT, timeout_s=300)
         # Then each group gets every message, byte-identical, in per-queue order
-        assert got == sent, f"{group}: {len(set(sent) - set(got))} missing, {len(set(got) - set(sent))} unexpected"
+        assert got == sent, (
+            f"{group}: {len(set(sent) - set(got))} missing, {len(set(got) - set(sent))} unexpected"
+        )
 
 
 def test_empty_body_is_rejected_with_a_clear_error(broker):
@@ -123,8 +130,11 @@ def test_status_lists_every_process_and_stop_removes_the_abort_file(broker):
     # When it is stopped with `rmqd stop`
     assert broker.stop() == 0
     # Then no process is left and the abort file is gone
-    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") and _not_zombie(pid) for pid in pids), 10,
-               "every broker process to exit")
+    wait_until(
+        lambda: not any(os.path.exists(f"/proc/{pid}") and _not_zombie(pid) for pid in pids),
+        10,
+        "every broker process to exit",
+    )
     assert not os.path.exists(os.path.join(broker.store_dir, "abort"))
 
 

@@ -1,4 +1,5 @@
 """Malformed traffic on the broker and namesrv ports never takes a process down."""
+
 from __future__ import annotations
 
 import os
@@ -71,13 +72,26 @@ def test_bad_fields_get_a_response_code_and_a_remark(broker):
         (RequestCode.SEND_MESSAGE, {"topic": "bad topic!", "queueId": 0}, b"x", ResponseCode.MESSAGE_ILLEGAL),
         (RequestCode.SEND_MESSAGE, {"topic": "Fine", "queueId": "zero"}, b"x", ResponseCode.MESSAGE_ILLEGAL),
         (RequestCode.SEND_MESSAGE, {"topic": "Fine", "queueId": 0}, b"", ResponseCode.MESSAGE_ILLEGAL),
-        (RequestCode.SEND_MESSAGE, {"topic": "Fine", "queueId": 0}, b"x" * (4 << 20 | 1), ResponseCode.MESSAGE_ILLEGAL),
-        (RequestCode.PULL_MESSAGE, {"topic": "NoSuchTopic", "queueId": 0, "queueOffset": 0,
-                                    "consumerGroup": "g"}, b"", ResponseCode.TOPIC_NOT_EXIST),
+        (
+            RequestCode.SEND_MESSAGE,
+            {"topic": "Fine", "queueId": 0},
+            b"x" * (4 << 20 | 1),
+            ResponseCode.MESSAGE_ILLEGAL,
+        ),
+        (
+            RequestCode.PULL_MESSAGE,
+            {"topic": "NoSuchTopic", "queueId": 0, "queueOffset": 0, "consumerGroup": "g"},
+            b"",
+            ResponseCode.TOPIC_NOT_EXIST,
+        ),
         (RequestCode.PULL_MESSAGE, {"topic": "TBW102"}, b"", ResponseCode.INVALID_PARAMETER),
         (RequestCode.HEART_BEAT, {}, b"not json", ResponseCode.INVALID_PARAMETER),
-        (RequestCode.QUERY_CONSUMER_OFFSET, {"consumerGroup": "g", "topic": "NoSuchTopic", "queueId": 0}, b"",
-         ResponseCode.TOPIC_NOT_EXIST),
+        (
+            RequestCode.QUERY_CONSUMER_OFFSET,
+            {"consumerGroup": "g", "topic": "NoSuchTopic", "queueId": 0},
+            b"",
+            ResponseCode.TOPIC_NOT_EXIST,
+        ),
     ]
     for opaque, (code, fields, body, expected) in enumerate(cases, start=100):
         reply = _exchange(broker.broker_addr, [codec.encode_request(code, opaque, fields, body)])

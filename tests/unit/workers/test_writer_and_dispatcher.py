@@ -1,4 +1,5 @@
 """Writer and dispatcher driven by hand (setup + run_once, no processes), as rq's burst mode."""
+
 from __future__ import annotations
 
 import os
@@ -20,12 +21,18 @@ STORE_HOST = rec.encode_host("127.0.0.1", 10911)
 
 @pytest.fixture
 def broker_parts(tmp_path):
-    cfg = BrokerConfig.load(overrides={"storePathRootDir": str(tmp_path / "store"),
-                                       "mappedFileSizeCommitLog": "65536", "mappedFileSizeConsumeQueue": "2000"})
+    cfg = BrokerConfig.load(
+        overrides={
+            "storePathRootDir": str(tmp_path / "store"),
+            "mappedFileSizeCommitLog": "65536",
+            "mappedFileSizeConsumeQueue": "2000",
+        }
+    )
     os.makedirs(cfg.store_dir)
     path = f"/dev/shm/rmqd-test-{uuid.uuid4().hex[:12]}"
-    shm, _fds = create_broker_shm(path, {"request": 1 << 20, "ack": 1 << 16, "park": 1 << 12, "wake": 1 << 12,
-                                         "arrival": 1 << 12})
+    shm, _fds = create_broker_shm(
+        path, {"request": 1 << 20, "ack": 1 << 16, "park": 1 << 12, "wake": 1 << 12, "arrival": 1 << 12}
+    )
     try:
         yield cfg, shm
     finally:
@@ -34,9 +41,14 @@ def broker_parts(tmp_path):
 
 
 def _put_send(shm, request_id: int, body: bytes, queue_id: int = 0, topic: str = "Orders") -> None:
-    fields = {"topic": topic, "queueId": queue_id, "properties": rec.encode_properties({"TAGS": "A"}).decode()}
-    prepared = send_logic.prepare_send(fields, memoryview(body), batch=False, write_queue_nums=8,
-                                       max_message_size=1 << 20)
+    fields = {
+        "topic": topic,
+        "queueId": queue_id,
+        "properties": rec.encode_properties({"TAGS": "A"}).decode(),
+    }
+    prepared = send_logic.prepare_send(
+        fields, memoryview(body), batch=False, write_queue_nums=8, max_message_size=1 << 20
+    )
     ring = shm.rings["request"]
     view = ring.reserve(prepared.entry_size())
     send_logic.encode_into(view, request_id, prepared, STORE_HOST)
