@@ -1,0 +1,383 @@
+"""IndexFile: a hash index from message key to CommitLog phy_offset (RocketMQ IndexFile layout).
+
+Path:  {store_dir}/index/{yyyyMMddHHmmssSSS}  (local creation time, RocketMQ timeMillisToHumanString)
+Size:  40 + max_hash_slots * 4 + max_index_count * 20 bytes, created sparse at full size
+       (defaults 5,000,000 slots and 20,000,000 entries = 420,000,040 bytes).
+Layout (big-endian; RocketMQ IndexHeader / IndexFile):
+  header, 40 bytes at 0:
+    0   i64 beginTimestamp     store time (ms) of the first entry
+    8   i64 endTimestamp       store time (ms) of the last entry
+    16  i64 beginPhyOffset     phy_offset of the first entry
+    24  i64 endPhyOffset       phy_offset of the last entry
+    32  i32 hashSlotCount      slots in use
+    36  i32 indexCount         next entry index; starts at 1 (entry 0 is never used)
+  hash slots, 4 bytes each at 40 + slot * 4:
+    i32 index of the newest entry whose key hashes to `slot` (0 = empty)
+  entries, 20 bytes each at 40 + max_hash_slots * 4 + index * 20:
+    0   i32 keyHash            index_key_hash(key)
+    4   i64 phyOffset          CommitLog offset of the message
+    12  i32 timeDiff           (store time - beginTimestamp) in SECONDS, clamped to [0, 2^31-1]
+    16  i32 prevIndex          previous entry of the same slot (0 = end of chain)
+  = 40 + 4 * slots + 20 * entries bytes
+key = topic + "#" + key; keyHash = abs(Java String.hashCode(key)), 0 for Integer.MIN_VALUE;
+slot = keyHash % max_hash_slots. Entries store only the hash: a query can return offsets of
+other keys with the same hash, so callers check the message's keys (RocketMQ's client does).
+Recovery: `truncate_beyond(phy_end)` unlinks entries past the CommitLog end, newest first, and
+restores the slot heads from their prevIndex; records past index_dispatch_pos are re-indexed.
+
+Concurrency: one writer process (the dispatcher), any number of readers (`readonly=True`). The
+writer stores an entry before its slot and the header last, so a reader never follows a slot to
+an unwritten entry. The header is always read from the mapping. Not thread-safe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import struct
+import time
+
+from rmqd.store.mapped_file import MappedFile, fsync_dir, remove_stale_tmp_files
+from rmqd.store.record import MessageRecord, Prop, SysFlag, java_string_hash
+
+log = logging.getLogger("rmqd.store")
+
+INDEX_HEADER = struct.Struct(">qqqqii")
+INDEX_HEADER_SIZE = 40
+INDEX_SLOT = struct.Struct(">i")
+INDEX_SLOT_SIZE = 4
+INDEX_ENTRY = struct.Struct(">iqii")
+INDEX_ENTRY_SIZE = 20
+INVALID_INDEX = 0
+MAX_TIME_DIFF_S = 2**31 - 1
+INDEX_NAME_LENGTH = 17  # yyyyMMddHHmmssSSS
+DEFAULT_MAX_HASH_SLOTS = 5_000_000
+DEFAULT_MAX_INDEX_COUNT = 20_000_000
+
+
+@dataclasses.dataclass
+class IndexHeader:
+    begin_timestamp_ms: int = 0
+    end_timestamp_ms: int = 0
+    begin_phy_offset: int = 0
+    end_phy_offset: int = 0
+    hash_slot_count: int = 0
+    index_count: int = 1
+
+
+def index_file_size(max_hash_slots: int, max_index_count: int) -> int:
+    return INDEX_HEADER_SIZE + max_hash_slots * INDEX_SLOT_SIZE + max_index_count * INDEX_ENTRY_SIZE
+
+
+def build_key(topic: str, key: str) -> str:
+    """The indexed string: RocketMQ IndexService.buildKey."""
+    return f"{topic}#{key}"
+
+
+def index_key_hash(key: str) -> int:
+    """abs(Java hashCode); Math.abs(Integer.MIN_VALUE) stays negative, and RocketMQ maps it to 0."""
+    value = abs(java_string_hash(key))
+    return 0 if value > 2**31 - 1 else value
+
+
+def decode_index_header(buf) -> IndexHeader:
+    header = IndexHeader(*INDEX_HEADER.unpack_from(buf, 0))
+    if header.index_count <= 0:  # as RocketMQ IndexHeader.load
+        header.index_count = 1
+    return header
+
+
+def encode_index_header(buf, header: IndexHeader) -> None:
+    INDEX_HEADER.pack_into(buf, 0, *dataclasses.astuple(header))
+
+
+def index_file_name(now_ms: int) -> str:
+    """yyyyMMddHHmmssSSS in local time."""
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(now_ms // 1000)) + f"{now_ms % 1000:03d}"
+
+
+class IndexFile:
+    """One index file, mapped."""
+
+    def __init__(self, mapped: MappedFile, max_hash_slots: int, max_index_count: int) -> None:
+        self.mapped = mapped
+        self.path = mapped.path
+        self.max_hash_slots = max_hash_slots
+        self.max_index_count = max_index_count
+        self._entries_pos = INDEX_HEADER_SIZE + max_hash_slots * INDEX_SLOT_SIZE
+
+    @classmethod
+    def create(cls, path: str, max_hash_slots: int, max_index_count: int, begin_phy_offset: int = 0,
+               begin_timestamp_ms: int = 0) -> IndexFile:
+        """A new sparse file; begin fields start at the previous file's end (RocketMQ does the same)."""
+        size = index_file_size(max_hash_slots, max_index_count)
+        index_file = cls(MappedFile.create(path, size, sparse=True), max_hash_slots, max_index_count)
+        if index_file.header().index_count <= 1:
+            encode_index_header(index_file.mapped.mv, IndexHeader(
+                begin_timestamp_ms, begin_timestamp_ms, begin_phy_offset, begin_phy_offset, 0, 1))
+        return index_file
+
+    @classmethod
+    def open(cls, path: str, max_hash_slots: int, max_index_count: int, *, readonly: bool) -> IndexFile:
+        size = index_file_size(max_hash_slots, max_index_count)
+        return cls(MappedFile.open(path, size, readonly=readonly), max_hash_slots, max_index_count)
+
+    def header(self) -> IndexHeader:
+        return decode_index_header(self.mapped.mv)
+
+    def is_full(self) -> bool:
+        return self.header().index_count >= self.max_index_count
+
+    def _slot_pos(self, key_hash: int) -> int:
+        return INDEX_HEADER_SIZE + (key_hash % self.max_hash_slots) * INDEX_SLOT_SIZE
+
+    def _entry_pos(self, index: int) -> int:
+        return self._entries_pos + index * INDEX_ENTRY_SIZE
+
+    def put_key(self, key: str, phy_offset: int, store_timestamp_ms: int) -> bool:
+        """Append an entry for `key` (already topic#key); False when the file is full."""
+        header = self.header()
+        index = header.index_count
+        if index >= self.max_index_count:
+            return False
+        mv = self.mapped.mv
+        key_hash = index_key_hash(key)
+        slot_pos = self._slot_pos(key_hash)
+        (prev,) = INDEX_SLOT.unpack_from(mv, slot_pos)
+        if prev <= INVALID_INDEX or prev > index:
+            prev = INVALID_INDEX
+        if index <= 1:
+            # RocketMQ sets begin* after computing the first entry's time diff (against the previous
+            # file's end); setting them first makes that diff 0, i.e. exact. The layout is the same.
+            header.begin_phy_offset, header.begin_timestamp_ms = phy_offset, store_timestamp_ms
+        time_diff_s = 0
+        if header.begin_timestamp_ms > 0:
+            time_diff_s = (store_timestamp_ms - header.begin_timestamp_ms) // 1000
+            time_diff_s = min(max(time_diff_s, 0), MAX_TIME_DIFF_S)
+        INDEX_ENTRY.pack_into(mv, self._entry_pos(index), key_hash, phy_offset, time_diff_s, prev)
+        INDEX_SLOT.pack_into(mv, slot_pos, index)
+        header.hash_slot_count += prev == INVALID_INDEX
+        header.index_count = index + 1
+        header.end_phy_offset, header.end_timestamp_ms = phy_offset, store_timestamp_ms
+        encode_index_header(mv, header)
+        return True
+
+    def is_time_matched(self, begin_ms: int, end_ms: int) -> bool:
+        """Whether [begin_ms, end_ms] overlaps this file's time range (RocketMQ isTimeMatched)."""
+        header = self.header()
+        first, last = header.begin_timestamp_ms, header.end_timestamp_ms
+        return (begin_ms < first and end_ms > last) or first <= begin_ms <= last or first <= end_ms <= last
+
+    def select(self, key: str, max_num: int, begin_ms: int, end_ms: int, out: list[int]) -> None:
+        """Append to `out` phy_offsets of entries with `key`'s hash in the time range, newest first."""
+        header = self.header()
+        mv = self.mapped.mv
+        key_hash = index_key_hash(key)
+        (index,) = INDEX_SLOT.unpack_from(mv, self._slot_pos(key_hash))
+        if index <= INVALID_INDEX or index > header.index_count or header.index_count <= 1:
+            return
+        while len(out) < max_num:
+            hash_read, phy_offset, time_diff_s, prev = INDEX_ENTRY.unpack_from(mv, self._entry_pos(index))
+            if time_diff_s < 0:
+                break
+            time_read = header.begin_timestamp_ms + time_diff_s * 1000
+            if hash_read == key_hash and begin_ms <= time_read <= end_ms:
+                out.append(phy_offset)
+            if prev <= INVALID_INDEX or prev > header.index_count or prev == index or time_read < begin_ms:
+                break
+            index = prev
+
+    def truncate_beyond(self, phy_end: int) -> int:
+        """Remove entries with phyOffset >= phy_end (newest first, restoring slot heads); returns count."""
+        header = self.header()
+        mv = self.mapped.mv
+        removed = 0
+        index = header.index_count - 1
+        while index > INVALID_INDEX:
+            key_hash, phy_offset, _, prev = INDEX_ENTRY.unpack_from(mv, self._entry_pos(index))
+            if phy_offset < phy_end:
+                break
+            slot_pos = self._slot_pos(key_hash)
+            if INDEX_SLOT.unpack_from(mv, slot_pos)[0] == index:
+                INDEX_SLOT.pack_into(mv, slot_pos, prev)
+                header.hash_slot_count -= prev == INVALID_INDEX
+            mv[self._entry_pos(index):self._entry_pos(index + 1)] = bytes(INDEX_ENTRY_SIZE)
+            removed += 1
+            index -= 1
+        if removed:
+            header.index_count = index + 1
+            if index > INVALID_INDEX:
+                _, phy_offset, time_diff_s, _ = INDEX_ENTRY.unpack_from(mv, self._entry_pos(index))
+                header.end_phy_offset = phy_offset
+                header.end_timestamp_ms = header.begin_timestamp_ms + time_diff_s * 1000
+            else:
+                header.end_phy_offset = header.begin_phy_offset
+                header.end_timestamp_ms = header.begin_timestamp_ms
+            encode_index_header(mv, header)
+        return removed
+
+    def flush(self) -> None:
+        self.mapped.flush(0, self.mapped.file_size)
+
+    def close(self) -> None:
+        self.mapped.close()
+
+
+class IndexService:
+    """All index files of a store: put keys into the newest, query newest to oldest, roll when full.
+
+    put_key/build_for_record/truncate_beyond/flush are for the single writer; query for anyone.
+    """
+
+    def __init__(self, store_dir: str, *, max_hash_slots: int = DEFAULT_MAX_HASH_SLOTS,
+                 max_index_count: int = DEFAULT_MAX_INDEX_COUNT, readonly: bool) -> None:
+        self.dir = os.path.join(store_dir, "index")
+        self.max_hash_slots = max_hash_slots
+        self.max_index_count = max_index_count
+        self.readonly = readonly
+        self.files: list[IndexFile] = []
+        self._dirty: list[IndexFile] = []  # written since the last flush (two after a roll)
+        if not readonly:
+            os.makedirs(self.dir, exist_ok=True)
+            remove_stale_tmp_files(self.dir)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Map index files created by the writer since, unmap deleted ones."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if len(n) == INDEX_NAME_LENGTH and n.isdigit())
+        except FileNotFoundError:
+            names = []
+        known = {os.path.basename(f.path): f for f in self.files}
+        for name in set(known) - set(names):
+            known[name].close()
+        self.files = [known.get(name) or self._open(name) for name in names]
+
+    def _open(self, name: str) -> IndexFile:
+        return IndexFile.open(os.path.join(self.dir, name), self.max_hash_slots, self.max_index_count,
+                              readonly=self.readonly)
+
+    def _writable_last(self) -> IndexFile:
+        if self.files and not self.files[-1].is_full():
+            return self.files[-1]
+        begin_phy = begin_ms = 0
+        if self.files:
+            last = self.files[-1].header()
+            begin_phy, begin_ms = last.end_phy_offset, last.end_timestamp_ms
+        now_ms = time.time_ns() // 1_000_000
+        name = index_file_name(now_ms)
+        while self.files and name <= os.path.basename(self.files[-1].path):
+            now_ms += 1  # two files within one millisecond (or a clock step back): keep names ordered
+            name = index_file_name(now_ms)
+        created = IndexFile.create(os.path.join(self.dir, name), self.max_hash_slots, self.max_index_count,
+                                   begin_phy, begin_ms)
+        log.info("created index file %s", created.path)
+        self.files.append(created)
+        return created
+
+    def put_key(self, topic: str, key: str, phy_offset: int, store_timestamp_ms: int) -> bool:
+        """Index `topic#key` -> phy_offset in the newest file (rolling to a new file when full)."""
+        index_file = self._writable_last()
+        if not self._dirty or self._dirty[-1] is not index_file:
+            self._dirty.append(index_file)
+        return index_file.put_key(build_key(topic, key), phy_offset, store_timestamp_ms)
+
+    def build_for_record(self, phy_offset: int, record: MessageRecord) -> int:
+        """Index the record's UNIQ_KEY and each KEYS key (space-separated); returns keys put.
+
+        Rolled-back transactional records are skipped, as are records at or below the newest
+        file's endPhyOffset (already indexed: makes re-dispatch after a crash idempotent).
+        """
+        if record.sys_flag & SysFlag.TRANSACTION_MASK == SysFlag.TRANSACTION_ROLLBACK:
+            return 0
+        if self.files:
+            header = self.files[-1].header()
+            if header.index_count > 1 and phy_offset <= header.end_phy_offset:
+                return 0
+        keys = [record.properties.get(Prop.UNIQ_KEY, "")]
+        keys += record.properties.get(Prop.KEYS, "").split(Prop.KEY_SEPARATOR)
+        put = 0
+        for key in keys:
+            if key:
+                put += self.put_key(record.topic, key, phy_offset, record.store_timestamp_ms)
+        return put
+
+    def query(self, topic: str, key: str, max_num: int = 64, begin_ms: int = 0,
+              end_ms: int = 2**63 - 1) -> list[int]:
+        """phy_offsets indexed under topic#key in [begin_ms, end_ms], newest first, across files.
+
+        May include offsets of other keys with the same hash: check the records' keys.
+        """
+        if self.readonly:
+            self.refresh()
+        found: list[int] = []
+        full_key = build_key(topic, key)
+        for index_file in reversed(self.files):
+            if index_file.is_time_matched(begin_ms, end_ms):
+                index_file.select(full_key, max_num, begin_ms, end_ms, found)
+            if len(found) >= max_num or index_file.header().begin_timestamp_ms < begin_ms:
+                break
+        return found
+
+    def truncate_beyond(self, phy_end: int) -> int:
+        """Remove entries at or past the CommitLog end `phy_end` (only newest files); returns count."""
+        removed = 0
+        for index_file in reversed(self.files):
+            removed += index_file.truncate_beyond(phy_end)
+            if index_file.header().begin_phy_offset < phy_end:
+                break
+        return removed
+
+    def delete_files_before(self, min_phy: int) -> int:
+        """Delete files whose every entry points below `min_phy` (never the newest); returns count."""
+        deleted = 0
+        while len(self.files) > 1 and self.files[0].header().end_phy_offset < min_phy:
+            index_file = self.files.pop(0)
+            self._dirty = [f for f in self._dirty if f is not index_file]
+            index_file.close()
+            os.unlink(index_file.path)
+            deleted += 1
+        if deleted:
+            fsync_dir(self.dir)
+        return deleted
+
+    def flush(self) -> None:
+        """msync the files written since the last flush."""
+        for index_file in self._dirty:
+            if index_file in self.files:
+                index_file.flush()
+        self._dirty = []
+
+    def close(self) -> None:
+        for index_file in self.files:
+            index_file.close()
+        self.files = []
+
+
+def describe_file(path: str, limit: int = 50, *, max_hash_slots: int | None = None,
+                  max_index_count: int | None = None) -> dict:
+    """Header and the first `limit` entries of an index file (for `rmqd inspect index`).
+
+    Without explicit sizes, assumes RocketMQ's ratio of 4 entries per hash slot (5M / 20M).
+    """
+    size = os.path.getsize(path)
+    if max_hash_slots is None or max_index_count is None:
+        if (size - INDEX_HEADER_SIZE) % (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE):
+            raise ValueError(
+                f"{path}: {size} bytes is not 40 + 84 * slots; pass max_hash_slots and max_index_count")
+        max_hash_slots = (size - INDEX_HEADER_SIZE) // (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE)
+        max_index_count = 4 * max_hash_slots
+    index_file = IndexFile.open(path, max_hash_slots, max_index_count, readonly=True)
+    try:
+        header = index_file.header()
+        entries = []
+        for index in range(1, min(header.index_count, limit + 1)):
+            key_hash, phy_offset, time_diff_s, prev = INDEX_ENTRY.unpack_from(
+                index_file.mapped.mv, index_file._entry_pos(index))
+            entries.append({"index": index, "key_hash": key_hash, "phy_offset": phy_offset,
+                            "time_diff_s": time_diff_s, "prev_index": prev,
+                            "store_time_ms": header.begin_timestamp_ms + time_diff_s * 1000})
+        return {"path": path, "max_hash_slots": max_hash_slots, "max_index_count": max_index_count,
+                "header": dataclasses.asdict(header), "entries": entries}
+    finally:
+        index_file.close()
