@@ -162,10 +162,6 @@ def main() -> None:
     app(prog_name="rmqd")
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ---------------------------------------------------------------- helpers
 
 def _overrides(props: list[str] | None, flags: dict[str, object]) -> dict[str, object]:
@@ -244,3 +240,7 @@ def _print_status(report: dict) -> None:
             typer.echo("")
             value_title = "DEPTH (bytes)" if key == "rings" else "VALUE"
             _output.print_table([title, value_title], sorted(table.items()))
+
+
+if __name__ == "__main__":  # after every helper above is defined
+    main()

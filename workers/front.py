@@ -115,6 +115,17 @@ class Front(WorkerProcess):
         self.next_register = 0.0
         self.next_offset_persist = time.monotonic() + cfg.flushConsumerOffsetInterval / 1000.0
         self._housekeeping()
+        self._await_first_registration(timeout_s=3.0)
+
+    def _await_first_registration(self, timeout_s: float) -> None:
+        """Be routable before READY (RocketMQ registers at start-up): wait for each namesrv's answer."""
+        for dealer in self.namesrvs:
+            if dealer.poll(timeout_s * 1000):
+                self._drain_namesrv(dealer)
+            else:
+                log.warning("namesrv %s did not answer the registration within %.0f s; retrying every 1 s",
+                            dealer.LAST_ENDPOINT.decode(), timeout_s)
+                self.next_register = time.monotonic() + 1.0
 
     def _open_store(self) -> None:
         cfg = self.cfg
@@ -159,7 +170,7 @@ class Front(WorkerProcess):
         for addr in filter(None, (a.strip() for a in cfg.namesrvAddr.split(";"))):
             dealer = self.ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)  # do not queue registrations for a namesrv that is down
+            dealer.setsockopt(zmq.SNDHWM, 16)  # registrations are idempotent; a few may queue
             dealer.connect(f"tcp://{addr}")
             self.poller.register(dealer, zmq.POLLIN)
             self.namesrvs.append(dealer)
