@@ -250,7 +250,13 @@ def _drain(fd: int) -> None:
 
 def main(listen_addr: str = DEFAULT_LISTEN, *, scan_interval_ms: int = SCAN_INTERVAL_MS,
          broker_expiry_ms: int = BROKER_EXPIRY_MS) -> int:
-    """Run the namesrv until SIGTERM/SIGINT. Returns EXIT_OK, or EXIT_BOOT_FAILED if it cannot bind."""
+    """Run the namesrv until SIGTERM/SIGINT. Returns EXIT_OK, or EXIT_BOOT_FAILED if it cannot bind.
+
+    Configures logging ("... namesrv[pid] LEVEL message") unless the caller already did.
+    """
+    if not logging.getLogger().handlers:
+        level = os.environ.get("RMQD_LOG_LEVEL", "INFO").upper()
+        logging.basicConfig(format=LOG_FORMAT, level=level, stream=sys.stderr)
     namesrv = Namesrv(listen_addr, scan_interval_ms=scan_interval_ms, broker_expiry_ms=broker_expiry_ms)
     try:
         namesrv.setup()

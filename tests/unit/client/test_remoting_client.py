@@ -1,0 +1,193 @@
+"""RemotingClient against a tiny in-test ROUTER server: matching, concurrency, timeouts, oneway, close."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import zmq
+
+from rmqd.client._remoting import RemotingClient
+from rmqd.errors import ClientError, MQClientError, RemotingTimeoutError
+from rmqd.protocol import decode, encode_request, encode_response
+from tests.helpers import free_port, wait_until
+
+ECHO, HOLD, PUSH_BACK, GARBAGE_THEN_ECHO = 1, 2, 3, 4
+SERVER_LOOPS_MAX = 20 * 60 * 5  # 50 ms polls: the server thread can never outlive 5 minutes
+
+
+class RouterServer:
+    """ROUTER on a free port run by one thread; behaviour chosen by the request code."""
+
+    def __init__(self) -> None:
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.oneways: list[bytes] = []
+        self.identities: set[bytes] = set()
+        self.held: list[tuple[bytes, int]] = []
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5)
+
+    def release_held(self) -> None:
+        self._commands.put("release")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://{self.addr}")
+        self._ready.set()
+        try:
+            for _ in range(SERVER_LOOPS_MAX):
+                if self._stop.is_set():
+                    break
+                self._run_once(sock)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _run_once(self, sock: zmq.Socket) -> None:
+        while not self._commands.empty():
+            self._commands.get()
+            for ident, opaque in self.held:
+                sock.send_multipart([ident, encode_response(0, opaque, remark="late")])
+            self.held.clear()
+        if not sock.poll(50):
+            return
+        ident, frame = sock.recv_multipart()
+        self.identities.add(ident)
+        cmd = decode(frame)
+        if cmd.is_oneway:
+            self.oneways.append(bytes(cmd.body))
+        elif cmd.code == HOLD:
+            self.held.append((ident, cmd.opaque))
+        elif cmd.code == PUSH_BACK:
+            sock.send_multipart([ident, encode_request(40, 999, {"consumerGroup": "g"}, oneway=True)])
+            sock.send_multipart([ident, encode_response(0, cmd.opaque)])
+        else:
+            if cmd.code == GARBAGE_THEN_ECHO:
+                sock.send_multipart([ident, b"\x00garbage"])
+            sock.send_multipart([ident, encode_response(0, cmd.opaque, cmd.fields, "echo", bytes(cmd.body))])
+
+
+@pytest.fixture
+def server():
+    srv = RouterServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client():
+    cli = RemotingClient()
+    yield cli
+    cli.close()
+
+
+def test_invoke_returns_the_response_that_matches_the_request(server, client):
+    response = client.invoke(server.addr, ECHO, {"n": 1}, b"payload")
+    assert (response.code, response.remark, response.fields, bytes(response.body)) == (0, "echo", {"n": 1},
+                                                                                      b"payload")
+
+
+def test_concurrent_invokes_from_many_threads_each_get_their_own_response(server, client):
+    def call(i: int) -> tuple[int, bytes]:
+        return i, bytes(client.invoke(server.addr, ECHO, {"i": i}, str(i).encode()).body)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(400)))
+    assert all(body == str(i).encode() for i, body in results)
+
+
+def test_invoke_async_resolves_a_future(server, client):
+    futures = [client.invoke_async(server.addr, ECHO, body=bytes([i])) for i in range(50)]
+    assert [bytes(f.result(5).body) for f in futures] == [bytes([i]) for i in range(50)]
+
+
+def test_unanswered_request_fails_with_remoting_timeout_error_near_its_deadline(server, client):
+    started = time.monotonic()
+    with pytest.raises(RemotingTimeoutError, match="within 200 ms"):
+        client.invoke(server.addr, HOLD, timeout_ms=200)
+    assert 0.19 <= time.monotonic() - started < 3
+
+
+def test_after_a_timeout_a_fresh_socket_is_used_and_the_late_reply_matches_nothing(server, client):
+    with pytest.raises(RemotingTimeoutError):
+        client.invoke(server.addr, HOLD, timeout_ms=100)
+    server.release_held()  # the late reply goes to the retired socket's identity
+    response = client.invoke(server.addr, ECHO, body=b"fresh")
+    assert bytes(response.body) == b"fresh" and response.remark == "echo"
+    assert len(server.identities) == 2
+
+
+def test_a_peer_that_never_listens_times_out(client):
+    with pytest.raises(RemotingTimeoutError):
+        client.invoke(f"127.0.0.1:{free_port()}", ECHO, timeout_ms=150)
+
+
+def test_oneway_requests_reach_the_server_without_a_response(server, client):
+    client.invoke_oneway(server.addr, 77, body=b"fire-and-forget")
+    wait_until(lambda: server.oneways == [b"fire-and-forget"], 5, "the oneway request to arrive")
+
+
+def test_an_unusable_address_fails_with_mq_client_error(client):
+    with pytest.raises(MQClientError, match="cannot connect"):
+        client.invoke("nonsense-without-port", ECHO, timeout_ms=500)
+
+
+def test_malformed_frames_from_the_peer_are_dropped_and_the_real_reply_still_matches(server, client):
+    assert bytes(client.invoke(server.addr, GARBAGE_THEN_ECHO, body=b"ok").body) == b"ok"
+
+
+def test_unsolicited_requests_from_the_peer_reach_on_request(server):
+    seen: list[tuple[str, int]] = []
+    cli = RemotingClient(on_request=lambda addr, cmd: seen.append((addr, cmd.code)))
+    try:
+        cli.invoke(server.addr, PUSH_BACK)
+        wait_until(lambda: seen == [(server.addr, 40)], 5, "the pushed request")
+    finally:
+        cli.close()
+
+
+def test_blocking_invoke_from_a_future_callback_is_refused_instead_of_deadlocking(server, client):
+    errors: list[BaseException] = []
+
+    def callback(_future):
+        try:
+            client.invoke(server.addr, ECHO)
+        except ClientError as exc:
+            errors.append(exc)
+
+    client.invoke_async(server.addr, ECHO).add_done_callback(callback)
+    wait_until(lambda: errors, 5, "the callback to run")
+    assert "would deadlock" in str(errors[0])
+
+
+def test_close_fails_pending_requests_and_refuses_new_ones(server):
+    cli = RemotingClient()
+    future = cli.invoke_async(server.addr, HOLD, timeout_ms=60_000)
+    wait_until(lambda: server.held, 5, "the held request to reach the server")
+    cli.close()
+    with pytest.raises(ClientError, match="closed"):
+        future.result(5)
+    with pytest.raises(ClientError, match="closed"):
+        cli.invoke(server.addr, ECHO)
+
+
+def test_requests_beyond_the_send_high_water_mark_wait_in_a_backlog_instead_of_failing(server):
+    cli = RemotingClient(hwm=10)
+    try:
+        futures = [cli.invoke_async(server.addr, ECHO, body=str(i).encode(), timeout_ms=20_000)
+                   for i in range(2000)]
+        assert [bytes(f.result(30).body) for f in futures] == [str(i).encode() for i in range(2000)]
+    finally:
+        cli.close()
