@@ -282,11 +282,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-expiry-ms", type=int, default=BROKER_EXPIRY_MS,
                         help="a broker silent this long is removed (default %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("RMQD_LOG_LEVEL", "INFO"))
+    parser.add_argument("--logs-dir", default=None, help="also log to LOGS_DIR/namesrv.log")
+    parser.add_argument("--supervised", action="store_true",
+                        help="started by `rmqd start`: exit when the supervisor dies")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
+    from workers.base import die_with_parent, setup_logging
+
     args = parse_args(None)
-    logging.basicConfig(format=LOG_FORMAT, level=args.log_level.upper(), stream=sys.stderr)
+    if args.supervised:
+        die_with_parent()
+        if os.getppid() == 1:  # the supervisor died before prctl took effect
+            sys.exit(EXIT_BOOT_FAILED)
+    if args.logs_dir:
+        setup_logging("namesrv", args.logs_dir)
+    else:
+        logging.basicConfig(format=LOG_FORMAT, level=args.log_level.upper(), stream=sys.stderr)
     sys.exit(main(args.listen, scan_interval_ms=args.scan_interval_ms,
                   broker_expiry_ms=args.broker_expiry_ms))

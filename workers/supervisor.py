@@ -111,7 +111,8 @@ class Supervisor:
     # -- spawning ----------------------------------------------------------------------------
     def spawn(self, child: Child, *, abnormal: bool) -> None:
         if child.name == NAMESRV:
-            cmd = [sys.executable, "-m", child.module, "--listen", self.namesrv_addr]
+            cmd = [sys.executable, "-m", child.module, "--listen", self.namesrv_addr, "--supervised",
+                   "--logs-dir", self.cfg.logs_dir]
             fds: tuple[int, ...] = ()
         else:
             cmd = [
@@ -200,6 +201,8 @@ class Supervisor:
         """Main loop; returns the exit code once a stop is requested or the policy gives up."""
         while not self._sleep(0.5):
             self.shm.heartbeats.beat("supervisor")
+            if self.namesrv is not None and self.namesrv.process is not None:
+                self.shm.heartbeats.beat(NAMESRV)  # the supervisor keeps the namesrv's slot
             failed = self.reap_children()
             if failed is not None:
                 return failed

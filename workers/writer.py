@@ -54,6 +54,7 @@ class Writer(WorkerProcess):
         )
         self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=False)
         self.commit_log.set_write_pos(result.write_pos)
+        self.commit_log.open_for_append()
         self.queue_offsets: dict[tuple[bytes, int], int] = {
             (topic.encode(), qid): offset for (topic, qid), offset in result.queue_offsets.items()
         }

@@ -92,6 +92,14 @@ class CommitLog:
             raise ValueError(f"{count} records need {src_pos} bytes, the source holds {len(src)}")
         return sizes
 
+    def open_for_append(self) -> None:
+        """Map the file holding write_pos, creating and warming it if missing (writer boot).
+
+        Done once at boot so the first send does not pay for preparing a whole file (about 1 s per
+        GiB); later files are prepared ahead of time by the cleaner.
+        """
+        self._file_for_write(self._write_pos)
+
     def _file_for_write(self, phy_offset: int) -> MappedFile:
         return self.queue.get_or_create(self.queue.file_start(phy_offset))
 
