@@ -89,6 +89,7 @@ class Front(WorkerProcess):
         cfg = self.cfg
         self.broker_addr = f"{cfg.brokerIP1}:{cfg.listenPort}"
         self.store_host = rec.encode_host(cfg.brokerIP1, cfg.listenPort)
+        self.offset_id_prefix = self.store_host.hex().upper()
         self.positions = self.shm.positions
         self._open_store()
         self._open_sockets()
@@ -359,9 +360,9 @@ class Front(WorkerProcess):
     def _reply_sent(
         self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = ""
     ) -> None:
-        ids = ",".join(rec.offset_msg_id(self.store_host, phy) for phy in result.phy_offsets)
+        prefix = self.offset_id_prefix  # RocketMQ offset msgId = hex(store host 8 B + phy offset 8 B)
+        ids = ",".join([f"{prefix}{phy:016X}" for phy in result.phy_offsets])
         fields = {
-            "msgId": ids,
             "offsetMsgId": ids,
             "queueId": pending.queue_id,
             "queueOffset": result.queue_offset,
