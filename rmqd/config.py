@@ -415,6 +415,10 @@ class BrokerConfig(_PropertiesConfig):
     """percent: above it, writes are refused (SERVICE_NOT_AVAILABLE); reads keep working."""
     cleanFileForciblyEnable: bool = _key(True)
     """Allow the forced deletion above diskSpaceCleanForciblyRatio."""
+    deleteCommitLogFilesInterval: int = _key(100, _at_least(0))
+    """ms the cleaner waits between two CommitLog file deletions of one pass."""
+    deleteConsumeQueueFilesInterval: int = _key(100, _at_least(0))
+    """ms the cleaner waits after each ConsumeQueue that lost files in one pass."""
 
     # --- topics, sending, pulling
     autoCreateTopicEnable: bool = _key(True)
@@ -435,6 +439,8 @@ class BrokerConfig(_PropertiesConfig):
     """bytes: most bytes one pull response returns (256 KiB)."""
     flushConsumerOffsetInterval: int = _key(5000, _at_least(1))
     """ms between writes of config/consumerOffset.json."""
+    channelExpiredTimeout: int = _key(120_000, _at_least(1))
+    """ms without a heartbeat after which a consumer leaves its group (its queues are rebalanced)."""
     messageDelayLevel: str = _key("1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h", _delay_levels)
     """Delay of each delay level, level 1 first (units s, m, h, d)."""
 
@@ -449,6 +455,10 @@ class BrokerConfig(_PropertiesConfig):
     """rmqd only. bytes of each of the park, wake and arrival rings."""
     heartbeatTimeoutMills: int = _key(10_000, _at_least(1))
     """rmqd only. ms without a heartbeat after which the supervisor treats a child as hung."""
+    metricsPort: int = _key(5557, _between(0, 65535))
+    """rmqd only. TCP port of the Prometheus endpoint (http://brokerIP1:metricsPort/metrics); 0 = off."""
+    selfInspectionInterval: int = _key(60_000, _at_least(0))
+    """rmqd only. ms between two self-inspection probes to SELF_TEST_TOPIC (send + receive); 0 = off."""
 
     # --- derived values
     @property

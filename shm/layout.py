@@ -45,10 +45,27 @@ Positions block (one native-endian i64 per line at byte 0 of the line; line = PO
   10    pull_messages_total  front       messages returned to pulls
   11    writer_flags         writer      bit set, see flags.py (WRITE_ERROR, ...)
   12    cleaner_flags        cleaner     bit set, see flags.py (NOT_WRITABLE_DISK_FULL, ...)
-  13-31 reserved             -           zero; future processes (scheduler, transaction checker,
+  13    clean_requested      front       count of `mqadmin deleteExpiredCommitLog` requests; the
+                                         cleaner runs a manual pass each time it changes
+  14    write_retry_seq      cleaner     bumped when the disk has room again after the writer set
+                                         WRITE_ERROR: the writer clears the flag and tries again
+  15    files_deleted_seq    cleaner     bumped after each pass that deleted store files: every
+                                         process drops its mappings of deleted files (base.py)
+  16    disk_limits          cleaner     the disk thresholds in percent, packed for remarks:
+                                         warning | forcibly << 8 | max_used << 16 (flags.py)
+  17    send_rt_hist         front       EIGHT i64 counters in words 0-7 of this one line (one
+                                         owner): sends answered within rmqd.ops.metrics
+                                         SEND_RT_BUCKETS_MS (1, 2, 5, 10, 50, 100, 500 ms, +Inf)
+  18    send_rt_sum_us       front       sum of those sends' response times, microseconds
+  19    flush_time_us_total  flusher     time spent in CommitLog flushes, microseconds
+  20    rates                metrics     EIGHT i64 words of this one line (one owner), sampled once
+                                         a second (rmqd.ops.metrics RATE_WORDS): put TPS and get TPS
+                                         over 10 s / 1 min / 10 min (x1000), flush latency over 10 s
+                                         (us), sample time (ms since the epoch)
+  21-31 reserved             -           zero; future processes (scheduler, transaction checker,
                                          HA) append names to POSITIONS without a version change
 
-Heartbeat slot (one line per process, slot = index in PROCESS_SLOTS; 16 slots, 8 spare):
+Heartbeat slot (one line per process, slot = index in PROCESS_SLOTS; 16 slots, 7 spare):
   0          8               16        24          32     64
   +----------+---------------+---------+-----------+------+
   | pid i64  | last beat i64 | state   | restarts  | zero |
@@ -96,22 +113,26 @@ RING_TABLE_SLOTS = 8
 POSITIONS: tuple[str, ...] = (
     "write_pos", "flush_pos", "dispatch_pos", "cq_flush_pos", "min_phy_offset", "disk_used_ppm",
     "put_messages_total", "put_bytes_total", "write_groups_total", "flush_total",
-    "pull_messages_total", "writer_flags", "cleaner_flags",
+    "pull_messages_total", "writer_flags", "cleaner_flags", "clean_requested", "write_retry_seq",
+    "files_deleted_seq", "disk_limits", "send_rt_hist", "send_rt_sum_us", "flush_time_us_total",
+    "rates",
 )
 POSITION_OWNERS: dict[str, str] = {
     "write_pos": "writer", "flush_pos": "flusher", "dispatch_pos": "dispatcher",
     "cq_flush_pos": "dispatcher", "min_phy_offset": "cleaner", "disk_used_ppm": "cleaner",
     "put_messages_total": "writer", "put_bytes_total": "writer", "write_groups_total": "writer",
     "flush_total": "flusher", "pull_messages_total": "front", "writer_flags": "writer",
-    "cleaner_flags": "cleaner",
+    "cleaner_flags": "cleaner", "clean_requested": "front", "write_retry_seq": "cleaner",
+    "files_deleted_seq": "cleaner", "disk_limits": "cleaner", "send_rt_hist": "front",
+    "send_rt_sum_us": "front", "flush_time_us_total": "flusher", "rates": "metrics",
 }
-POSITION_LINES = 32  # 13 used + 19 reserved for future processes
+POSITION_LINES = 32  # 21 used + 11 reserved for future processes
 POSITIONS_OFFSET = 128
 
 PROCESS_SLOTS: tuple[str, ...] = (
-    "supervisor", "namesrv", "writer", "flusher", "dispatcher", "cleaner", "holder", "front",
+    "supervisor", "namesrv", "writer", "flusher", "dispatcher", "cleaner", "holder", "front", "metrics",
 )
-HEARTBEAT_SLOTS = 16  # PROCESS_SLOTS + 8 spares for future processes
+HEARTBEAT_SLOTS = 16  # PROCESS_SLOTS + 7 spares for future processes
 HEARTBEATS_OFFSET = POSITIONS_OFFSET + POSITION_LINES * LINE_SIZE  # 2176
 HEARTBEAT_PID_WORD = 0
 HEARTBEAT_LAST_BEAT_WORD = 1

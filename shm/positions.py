@@ -25,6 +25,14 @@ _FLUSH_TOTAL = 9 * _WORDS_PER_LINE
 _PULL_MESSAGES_TOTAL = 10 * _WORDS_PER_LINE
 _WRITER_FLAGS = 11 * _WORDS_PER_LINE
 _CLEANER_FLAGS = 12 * _WORDS_PER_LINE
+_CLEAN_REQUESTED = 13 * _WORDS_PER_LINE
+_WRITE_RETRY_SEQ = 14 * _WORDS_PER_LINE
+_FILES_DELETED_SEQ = 15 * _WORDS_PER_LINE
+_DISK_LIMITS = 16 * _WORDS_PER_LINE
+_SEND_RT_HIST = 17 * _WORDS_PER_LINE  # the whole line: 8 counters (layout.py)
+_SEND_RT_SUM_US = 18 * _WORDS_PER_LINE
+_FLUSH_TIME_US_TOTAL = 19 * _WORDS_PER_LINE
+_RATES = 20 * _WORDS_PER_LINE  # the whole line: 8 words (layout.py)
 
 
 class Positions:
@@ -134,3 +142,69 @@ class Positions:
 
     def set_cleaner_flags(self, value: int) -> None:  # owner: cleaner
         self._words[_CLEANER_FLAGS] = value
+
+    @property
+    def clean_requested(self) -> int:
+        return self._words[_CLEAN_REQUESTED]
+
+    def set_clean_requested(self, value: int) -> None:  # owner: front
+        self._words[_CLEAN_REQUESTED] = value
+
+    @property
+    def write_retry_seq(self) -> int:
+        return self._words[_WRITE_RETRY_SEQ]
+
+    def set_write_retry_seq(self, value: int) -> None:  # owner: cleaner
+        self._words[_WRITE_RETRY_SEQ] = value
+
+    @property
+    def files_deleted_seq(self) -> int:
+        return self._words[_FILES_DELETED_SEQ]
+
+    def set_files_deleted_seq(self, value: int) -> None:  # owner: cleaner
+        self._words[_FILES_DELETED_SEQ] = value
+
+    @property
+    def disk_limits(self) -> int:
+        return self._words[_DISK_LIMITS]
+
+    def set_disk_limits(self, value: int) -> None:  # owner: cleaner
+        self._words[_DISK_LIMITS] = value
+
+    @property
+    def send_rt_hist(self) -> int:
+        """Word 0 of the histogram line only; use `send_rt_hist_words()` for all eight counters."""
+        return self._words[_SEND_RT_HIST]
+
+    def set_send_rt_hist(self, value: int) -> None:  # owner: front
+        self._words[_SEND_RT_HIST] = value
+
+    def send_rt_hist_words(self) -> memoryview:
+        """The 8 i64 counters of the send RT histogram line (owner: front writes, anyone reads)."""
+        return self._words[_SEND_RT_HIST:_SEND_RT_HIST + _WORDS_PER_LINE]
+
+    @property
+    def send_rt_sum_us(self) -> int:
+        return self._words[_SEND_RT_SUM_US]
+
+    def set_send_rt_sum_us(self, value: int) -> None:  # owner: front
+        self._words[_SEND_RT_SUM_US] = value
+
+    @property
+    def flush_time_us_total(self) -> int:
+        return self._words[_FLUSH_TIME_US_TOTAL]
+
+    def set_flush_time_us_total(self, value: int) -> None:  # owner: flusher
+        self._words[_FLUSH_TIME_US_TOTAL] = value
+
+    @property
+    def rates(self) -> int:
+        """Word 0 of the rates line only; use `rates_words()` for all eight."""
+        return self._words[_RATES]
+
+    def set_rates(self, value: int) -> None:  # owner: metrics
+        self._words[_RATES] = value
+
+    def rates_words(self) -> memoryview:
+        """The 8 i64 words of the rates line (owner: metrics writes, anyone reads)."""
+        return self._words[_RATES:_RATES + _WORDS_PER_LINE]

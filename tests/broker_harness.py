@@ -39,6 +39,7 @@ class BrokerTree:
             "mappedFileSizeCommitLog": 16 << 20,
             "mappedFileSizeConsumeQueue": 60_000,
             "shmRequestRingBytes": 16 << 20,
+            "metricsPort": 0,
             **(properties or {}),
         }
         self.port = port or free_port()

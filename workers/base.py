@@ -11,6 +11,12 @@ Life cycle (RocketMQ's ServiceThread + gunicorn's worker):
     teardown()         on SIGTERM/SIGINT (first: finish the batch; second: exit at once) or when
                        the supervisor is gone (PR_SET_PDEATHSIG + a parent pid check)
 
+Deleted store files: when the cleaner bumps positions.files_deleted_seq, the loop calls
+release_deleted_files() before the next run_once, so this process unmaps the deleted files (only
+the last unmap frees their disk blocks, and mappings count against vm.max_map_count). The default
+covers the attributes the workers use: `commit_log` and `index` are refreshed, `cq_store` closes
+its open queues (they reopen on demand).
+
 Signal handlers only set a flag; `signal.set_wakeup_fd` makes a signal wake the idle wait at once.
 The loop catches nothing broad: an unexpected exception ends the process with EXIT_ERROR and the
 supervisor applies its written policy.
@@ -95,6 +101,16 @@ class WorkerProcess:
         """How long the next idle wait may block (seconds)."""
         return self.idle_timeout_s
 
+    def release_deleted_files(self) -> None:
+        """The cleaner deleted store files: drop this process's mappings of them (see module doc)."""
+        for name in ("commit_log", "index"):
+            files = getattr(self, name, None)
+            if files is not None:
+                files.refresh()
+        cq_store = getattr(self, "cq_store", None)
+        if cq_store is not None:
+            cq_store.close_all()
+
     # -- machinery ---------------------------------------------------------------------------
     def add_wait_source(self, doorbell: Any, ready: Callable[[], bool]) -> None:
         """Wake the idle wait when `doorbell` is rung; `ready()` says whether there is work.
@@ -150,9 +166,14 @@ class WorkerProcess:
             self._poller.register(doorbell.fileno(), select.POLLIN)
         heartbeats.set_state(self.name, STATE_RUNNING)
         logging.getLogger(f"rmqd.{self.name}").info("%s ready", self.name)
+        positions = self.shm.positions
+        deleted_seq = positions.files_deleted_seq
         try:
             while not self.stop_requested and self.parent_alive():
                 heartbeats.beat(self.name)
+                if positions.files_deleted_seq != deleted_seq:
+                    deleted_seq = positions.files_deleted_seq
+                    self.release_deleted_files()
                 if not self.run_once():
                     self.idle_wait(self.idle_timeout())
         finally:

@@ -1,7 +1,8 @@
 """Flusher: fdatasyncs the CommitLog behind the writer, publishes flush_pos, writes the checkpoint.
 
 Reads shm:   positions.write_pos (writer), positions.cq_flush_pos (dispatcher); doorbell "flush"
-Writes shm:  positions.flush_pos, flush_total, heartbeats[flusher]; rings doorbell "flushed"
+Writes shm:  positions.flush_pos, flush_total, flush_time_us_total, heartbeats[flusher];
+             rings doorbell "flushed"
 Files:       commitlog/* (fdatasync only), checkpoint (tmp -> fsync -> rename)
 On crash:    restartable: flush_pos is re-derived by flushing everything written on setup()
 
@@ -51,10 +52,13 @@ class Flusher(WorkerProcess):
                                  lambda: self.positions.write_pos > self.positions.flush_pos)
 
     def _flush_to(self, target: int) -> None:
+        started_ns = time.monotonic_ns()
         self.commit_log.refresh()
         self.commit_log.flush(to_phy=target)
         self.positions.set_flush_pos(target)
         self.positions.set_flush_total(self.positions.flush_total + 1)
+        elapsed_us = (time.monotonic_ns() - started_ns) // 1000  # flush latency metric (rmqd.ops.figures)
+        self.positions.set_flush_time_us_total(self.positions.flush_time_us_total + elapsed_us)
 
     def run_once(self) -> bool:
         target = self.positions.write_pos

@@ -29,12 +29,13 @@ from typing import NamedTuple
 import zmq
 
 from rmqd.broker import send as send_logic
-from rmqd.broker.admin import AdminHandlers, ConsumerGroups, Reply
+from rmqd.broker.admin import AdminHandlers, ConsumerGroups, Reply, open_index_reader
 from rmqd.broker.consumer_offsets import ConsumerOffsetManager
 from rmqd.broker.hold import ParkedPull, decode_parked_pull, encode_parked_pull, parked_pull_size
 from rmqd.broker.pull import GetStatus, MessageReader, tag_codes_of
 from rmqd.broker.topic_config import TopicConfigManager, topic_name_problem
 from rmqd.errors import ProtocolError
+from rmqd.ops.figures import SendRtRecorder
 from rmqd.protocol import codec
 from rmqd.protocol.codec import Command
 from rmqd.protocol.commands import MAX_FRAME_BYTES, RequestCode, ResponseCode
@@ -104,6 +105,7 @@ class Front(WorkerProcess):
             self.doorbells.append((self.flushed, self._flush_covers_waiting))
         for doorbell, _ready in self.doorbells:
             self.poller.register(doorbell.fileno(), zmq.POLLIN)
+        self.send_rt = SendRtRecorder(self.positions)  # send RT histogram for the metrics process
         self.pending: dict[int, PendingSend] = {}
         self.sync_waiting: collections.deque[tuple[int, float, PendingSend, ar.AppendResult]] = (
             collections.deque()
@@ -140,7 +142,7 @@ class Front(WorkerProcess):
         )
         self.topics.persist()
         self.offsets = ConsumerOffsetManager(os.path.join(cfg.config_dir, "consumerOffset.json"))
-        self.consumers = ConsumerGroups()
+        self.consumers = ConsumerGroups(expired_after_s=cfg.channelExpiredTimeout / 1000.0)
         self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=True)
         self.cq_store = ConsumeQueueStore(cfg.store_dir, cfg.mappedFileSizeConsumeQueue, readonly=True)
         self.reader = MessageReader(self.commit_log, self.cq_store)
@@ -152,6 +154,8 @@ class Front(WorkerProcess):
             commit_log=self.commit_log,
             runtime_info=self.runtime_info,
             on_topics_changed=self._register_now,
+            index=open_index_reader(cfg),
+            shm=self.shm,
         )
 
     def _open_sockets(self) -> None:
@@ -189,6 +193,8 @@ class Front(WorkerProcess):
             self._answer_flushed()
         if time.monotonic() >= self.next_housekeeping:
             self._housekeeping()
+        if self.consumers.changed:
+            self._notify_consumers_changed()
         return True
 
     def _wait(self) -> None:
@@ -247,6 +253,8 @@ class Front(WorkerProcess):
             return self.process_send(identity, cmd, batch=True)
         if code == RequestCode.PULL_MESSAGE:
             return self.process_pull(identity, cmd, frame, allow_suspend=True)
+        if code == RequestCode.HEART_BEAT:  # the identity is where NOTIFY_CONSUMER_IDS_CHANGED goes
+            return self.admin.heartbeat(cmd, identity)
         handler = self.admin.table.get(code)
         if handler is None:
             return Reply(
@@ -360,6 +368,7 @@ class Front(WorkerProcess):
     def _reply_sent(
         self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = ""
     ) -> None:
+        self.send_rt.observe(time.monotonic() - pending.created)
         prefix = self.offset_id_prefix  # RocketMQ offset msgId = hex(store host 8 B + phy offset 8 B)
         ids = ",".join([f"{prefix}{phy:016X}" for phy in result.phy_offsets])
         fields = {
@@ -474,11 +483,24 @@ class Front(WorkerProcess):
         if entries:
             self.wake_ring.release()
 
+    def _notify_consumers_changed(self) -> None:
+        """Tell every member of a group whose membership changed (join, leave, expiry) to rebalance
+        now: a oneway NOTIFY_CONSUMER_IDS_CHANGED on the connection of its last heartbeat."""
+        for identity, group in self.consumers.take_notifications():
+            frame = codec.encode_request(
+                RequestCode.NOTIFY_CONSUMER_IDS_CHANGED,
+                next(self.opaques),
+                {"consumerGroup": group},
+                oneway=True,
+            )
+            self._send(identity, frame)
+
     # -- periodic ----------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
         self.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
         self.positions.set_pull_messages_total(self.pulled)
+        self.send_rt.publish()
         self.consumers.expire(now)
         if now >= self.next_register:
             self.register_broker()
