@@ -7,6 +7,7 @@ remark and exits 1. The client is imported inside the commands, so `mqadmin --he
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -75,10 +76,46 @@ def topic_status(topic: Topic, namesrv: Namesrv = DEFAULT_NAMESRV, as_json: AsJs
     _run(namesrv, as_json, lambda admin: admin.topic_status(topic))
 
 
+ClusterName = Annotated[str | None, typer.Option("-c", "--clusterName", help="Only this cluster.")]
+BrokerAddr = Annotated[str | None, typer.Option("-b", "--brokerAddr", help="One broker (host:port).")]
+
+
 @app.command("clusterList")
-def cluster_list(namesrv: Namesrv = DEFAULT_NAMESRV, as_json: AsJson = False) -> None:
-    """Clusters, their brokers and addresses."""
-    _run(namesrv, as_json, lambda admin: admin.cluster_list())
+def cluster_list(
+    cluster: ClusterName = None, namesrv: Namesrv = DEFAULT_NAMESRV, as_json: AsJson = False
+) -> None:
+    """Clusters and their brokers, with each broker's in/out TPS, send RT, flush latency, dispatch lag
+    and disk ratio (the figures of brokerStatus and of the metrics endpoint)."""
+    _run(namesrv, as_json, lambda admin: admin.cluster_stats(cluster))
+
+
+@app.command("brokerStatus")
+def broker_status(
+    broker_addr: BrokerAddr = None, cluster: ClusterName = None, namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """A broker's runtime figures (GET_BROKER_RUNTIME_INFO): putTps / getTransferedTps over 10 s,
+    1 min, 10 min, the send RT histogram, flush latency, dispatch lag, ring depths, disk ratio."""
+    _run(namesrv, as_json, lambda admin: admin.broker_status(broker_addr, cluster))
+
+
+@app.command("statsAll")
+def stats_all(
+    broker_addr: BrokerAddr = None, cluster: ClusterName = None, namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Per topic and consumer group: accumulation (lag), message count, and the broker's TPS."""
+    _run(namesrv, as_json, lambda admin: admin.stats_all(cluster, broker_addr))
+
+
+@app.command("deleteExpiredCommitLog")
+def delete_expired_commitlog(
+    broker_addr: BrokerAddr = None, cluster: ClusterName = None, namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Ask brokers to delete expired CommitLog files now, whatever deleteWhen says (files older than
+    fileReservedTime; the file being written always stays)."""
+    _run(namesrv, as_json, lambda admin: admin.delete_expired_commitlog(cluster, broker_addr))
 
 
 @app.command("consumerProgress")
@@ -108,13 +145,39 @@ def add_write_perm(
     _run(namesrv, as_json, lambda admin: admin.add_write_perm(broker_name))
 
 
+@app.command("queryMsgByKey")
+def query_msg_by_key(
+    topic: Topic,
+    key: Annotated[str, typer.Option("-k", "--msgKey", help="Message key (KEYS) or unique key (UNIQ_KEY).")],
+    begin_ms: Annotated[
+        int, typer.Option("-b", "--beginTimestamp", help="Stored at or after (epoch ms).")
+    ] = 0,
+    end_ms: Annotated[
+        int | None, typer.Option("-e", "--endTimestamp", help="Stored at or before (epoch ms).")
+    ] = None,
+    max_num: Annotated[int, typer.Option("-c", "--maxNum", min=1, max=4096, help="Most messages.")] = 64,
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Messages of a topic sent with a key, newest first (through each broker's IndexFile)."""
+    _run(namesrv, as_json, lambda admin: [_message_row(m) for m in admin.query_msg_by_key(
+        topic, key, max_num=max_num, begin_ms=begin_ms, end_ms=end_ms)])
+
+
+@app.command("queryMsgById")
+def query_msg_by_id(
+    msg_id: Annotated[str, typer.Option("-i", "--msgId", help="Offset message id (SendResult offsetMsgId).")],
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """One message by its offset message id: where it is stored, its properties and body."""
+    _run(namesrv, as_json, lambda admin: _message_detail(admin.query_msg_by_id(msg_id)))
+
+
 def main() -> None:
     """Console-script entry point of `mqadmin`."""
     app(prog_name="mqadmin")
 
-
-if __name__ == "__main__":
-    main()
 
 
 # ---------------------------------------------------------------- helpers
@@ -150,3 +213,31 @@ def _run(namesrv: str, as_json: bool, call: Callable[[Any], object]) -> None:
         typer.echo("OK")
     else:
         _output.print_value(result)
+
+
+def _message_row(message: Any) -> dict[str, object]:
+    return {"msg_id": message.msg_id, "queue_id": message.queue_id, "queue_offset": message.queue_offset,
+            "store_time": _format_ms(message.store_timestamp_ms), "keys": " ".join(message.keys),
+            "broker": message.broker_name, "offset_msg_id": message.offset_msg_id}
+
+
+def _message_detail(message: Any) -> dict[str, object]:
+    body = message.body.decode(errors="replace")
+    return {"offset_msg_id": message.offset_msg_id, "msg_id": message.msg_id, "topic": message.topic,
+            "tags": message.tags, "keys": " ".join(message.keys), "queue_id": message.queue_id,
+            "queue_offset": message.queue_offset, "commitlog_offset": message.commitlog_offset,
+            "reconsume_times": message.reconsume_times,
+            "born_timestamp": _format_ms(message.born_timestamp_ms),
+            "store_timestamp": _format_ms(message.store_timestamp_ms), "born_host": message.born_host,
+            "store_host": message.store_host, "sys_flag": message.sys_flag,
+            "body_bytes": len(message.body), "body": body if len(body) <= 512 else body[:512] + "...",
+            "properties": message.properties}
+
+
+def _format_ms(timestamp_ms: int) -> str:
+    seconds = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp_ms / 1000))
+    return f"{seconds}.{timestamp_ms % 1000:03d}"
+
+
+if __name__ == "__main__":  # after every helper above is defined (python -m cli.mqadmin)
+    main()

@@ -1,6 +1,7 @@
 """Writer: the single process that appends to the CommitLog (group commit's producer side).
 
-Reads shm:   ring "request" (front -> writer), positions.cleaner_flags (disk full)
+Reads shm:   ring "request" (front -> writer), positions.cleaner_flags (disk full),
+             positions.write_retry_seq (cleaner: the disk has room again after a write error)
 Writes shm:  ring "ack" (writer -> front), positions.write_pos, put_* counters, writer_flags,
              heartbeats[writer]; rings doorbells "dispatch" and (SYNC_FLUSH) "flush"
 Files:       commitlog/* (read-write mmap), checkpoint and consumequeue/* during boot recovery
@@ -42,6 +43,9 @@ class Writer(WorkerProcess):
             cq_file_size=cfg.mappedFileSizeConsumeQueue,
             abnormal=self.abnormal,
             delay_levels_ms=cfg.delay_levels_ms,
+            index_enabled=cfg.messageIndexEnable,
+            max_hash_slots=cfg.maxHashSlotNum,
+            max_index_count=cfg.maxIndexNum,
         )
         log.info(
             "%s recovery done in %.3f s: write_pos %d, %d records scanned, %d bytes truncated, %d queues",
@@ -64,9 +68,12 @@ class Writer(WorkerProcess):
         self.positions.set_write_pos(result.write_pos)
         self.sync_flush = cfg.flush_sync
         self.write_error = False
+        self.retry_seq_seen = self.positions.write_retry_seq
         self.add_wait_source(self.requests.doorbell, self.requests.ready)
 
     def run_once(self) -> bool:
+        if self.write_error and self.positions.write_retry_seq != self.retry_seq_seen:
+            self._clear_write_error()  # checked while idle too: the front sends nothing meanwhile
         entries = self.requests.entries()
         if not entries:
             return False
@@ -110,14 +117,24 @@ class Writer(WorkerProcess):
     def _flag_write_error(self, exc: OSError) -> None:
         """Store-wide failure is a flag: the front answers SERVICE_NOT_AVAILABLE from now on."""
         self.write_error = True
-        self.positions.set_writer_flags(self.positions.writer_flags | flags.WRITE_ERROR)
-        reason = "disk full" if exc.errno == errno.ENOSPC else "I/O error"
+        no_space = flags.WRITE_ERROR_NO_SPACE if exc.errno == errno.ENOSPC else 0
+        self.positions.set_writer_flags(self.positions.writer_flags | flags.WRITE_ERROR | no_space)
+        reason = "disk full" if no_space else "I/O error"
         log.error(
             "CommitLog append failed at write_pos %d (%s: %s); store flagged not writable",
             self.commit_log.write_pos,
             reason,
             exc,
         )
+
+    def _clear_write_error(self) -> None:
+        """The cleaner saw room on the disk again (write_retry_seq moved): try appending again."""
+        self.retry_seq_seen = self.positions.write_retry_seq
+        self.write_error = False
+        cleared = self.positions.writer_flags & ~(flags.WRITE_ERROR | flags.WRITE_ERROR_NO_SPACE)
+        self.positions.set_writer_flags(cleared)
+        log.warning("retrying CommitLog appends at write_pos %d after the write error",
+                    self.commit_log.write_pos)
 
     def _ack(self, request_id: int, status: ar.PutStatus, queue_offset: int, phys: list[int]) -> None:
         size = ar.append_result_size(len(phys))

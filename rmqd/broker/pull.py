@@ -19,6 +19,7 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+from rmqd.errors import StoreError
 from rmqd.store import record as rec
 
 # RocketMQ DefaultMessageStore.getMessage reads at most this many units per pull while filtering
@@ -81,7 +82,9 @@ class MessageReader:
         dispatch_pos: int,
     ) -> GetResult:
         cq = self.cq_store.get(topic, queue_id)
-        min_offset, max_offset = cq.min_offset(), cq.max_offset()
+        # Units pointing below the CommitLog min offset are gone with their files (the cleaner):
+        # a pull there gets OFFSET_TOO_SMALL -> PULL_OFFSET_MOVED, never a read of a deleted file.
+        min_offset, max_offset = cq.min_offset(self.commit_log.min_offset()), cq.max_offset()
         moved = self._check_offset(queue_offset, min_offset, max_offset)
         if moved is not None:
             return moved
@@ -132,7 +135,7 @@ class MessageReader:
     ) -> memoryview | None:
         try:
             view = self.commit_log.read(phy_offset, size)
-        except (ValueError, IndexError, OSError):
+        except (ValueError, IndexError, OSError, StoreError):  # StoreError: deleted since the check
             return None
         if view is None or len(view) != size:
             return None

@@ -4,6 +4,8 @@
     admin.create_topic("Orders", read_queue_nums=8, write_queue_nums=8, cluster="DefaultCluster")
     admin.topic_list(); admin.topic_route("Orders"); admin.topic_status("Orders")
     admin.cluster_list(); admin.consumer_progress("cg"); admin.wipe_write_perm("broker-a")
+    admin.broker_status(); admin.cluster_stats(); admin.stats_all(); admin.delete_expired_commitlog()
+    admin.query_msg_by_key("Orders", "order-1"); admin.query_msg_by_id(send_result.offset_msg_id)
     admin.shutdown()
 
 Every method talks to the namesrv(s) and brokers synchronously and returns plain dicts/lists
@@ -17,13 +19,18 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
+from rmqd.client._consumer_core import decode_messages
 from rmqd.client._remoting import RemotingClient
 from rmqd.client._route import NamesrvClient, TopicRoute, check_response, namesrv_addrs
-from rmqd.errors import MQClientError, RouteNotFoundError
-from rmqd.message import is_system_topic, validate_topic
+from rmqd.errors import ClientError, MQClientError, RouteNotFoundError
+from rmqd.message import MessageExt, is_system_topic, validate_topic
 from rmqd.protocol import Command, Perm, RequestCode, ResponseCode, decode_json_body
+from rmqd.store.record import Prop, decode_host, decode_offset_msg_id
 
 DEFAULT_PERM = int(Perm.READ | Perm.WRITE)
+DEFAULT_QUERY_MAX_NUM = 64  # RocketMQ's maxMsgsNumBatch
+MAX_QUERY_NUM = 4096
+QUERY_ANSWERS = (ResponseCode.SUCCESS, ResponseCode.QUERY_NOT_FOUND)  # QUERY_NOT_FOUND = no message
 MASTER_ID = "0"
 
 
@@ -210,3 +217,146 @@ class MQAdmin:
                          "diff": broker_offset - max(committed, 0)})
         return rows
 
+
+    # ---------------------------------------------------------------- messages
+
+    def query_msg_by_key(self, topic: str, key: str, max_num: int = DEFAULT_QUERY_MAX_NUM, begin_ms: int = 0,
+                         end_ms: int | None = None) -> list[MessageExt]:
+        """Messages of `topic` whose KEYS or UNIQ_KEY contain `key`, stored in [begin_ms, end_ms]
+        (epoch ms; `end_ms` None = no upper bound), from every master of the topic's route (RocketMQ
+        queryMsgByKey). Newest first, at most `max_num` per broker and in all. Each broker checks
+        the records behind its index hits (hash collisions never reach the caller)."""
+        if not 1 <= max_num <= MAX_QUERY_NUM:
+            raise MQClientError(f"max_num must be 1..{MAX_QUERY_NUM}, got {max_num!r}")
+        route = self._route(topic)
+        fields = {"topic": topic, "key": key, "maxNum": max_num, "beginTimestamp": begin_ms,
+                  "endTimestamp": 2**63 - 1 if end_ms is None else end_ms}
+        pending = [(name, addr, self._async(addr, RequestCode.QUERY_MESSAGE, fields))
+                   for name in sorted(route.broker_addrs) if (addr := route.master_addr(name)) is not None]
+        messages: list[MessageExt] = []
+        for name, addr, future in pending:
+            response = check_response(future.result(), addr, QUERY_ANSWERS)
+            if response.code == ResponseCode.SUCCESS:
+                messages += [m for m in decode_messages(response.body, name) if m.topic == topic
+                             and key in (*m.keys, m.properties.get(Prop.UNIQ_KEY))]
+        messages.sort(key=lambda m: (m.store_timestamp_ms, m.commitlog_offset), reverse=True)
+        return messages[:max_num]
+
+    def query_msg_by_id(self, offset_msg_id: str) -> MessageExt:
+        """The message with this offset message id (VIEW_MESSAGE_BY_ID to the broker the id names:
+        store host ip:port + CommitLog offset, as SendResult.offset_msg_id)."""
+        try:
+            store_host, phy_offset = decode_offset_msg_id(offset_msg_id)
+            ip, port = decode_host(store_host)
+        except ValueError as exc:
+            raise MQClientError(f"{offset_msg_id!r} is not an offset message id: {exc}") from None
+        addr = f"{ip}:{port}"
+        body = self._invoke(addr, RequestCode.VIEW_MESSAGE_BY_ID, {"offsetMsgId": offset_msg_id}).body
+        messages = decode_messages(body, self._broker_name_of(addr))
+        if len(messages) != 1 or messages[0].commitlog_offset != phy_offset:
+            raise MQClientError(f"broker {addr} answered {len(messages)} records for {offset_msg_id}")
+        return messages[0]
+
+    def _broker_name_of(self, addr: str) -> str:
+        for name, data in self.cluster_list().get("brokerAddrTable", {}).items():
+            if addr in data.get("brokerAddrs", {}).values():
+                return name
+        return ""
+
+    # ---------------------------------------------------------------- operations
+
+    def _targets(self, cluster: str | None, broker_addr: str | None) -> list[str]:
+        addrs = [broker_addr] if broker_addr else self.master_addrs(cluster)
+        if not addrs:
+            raise RouteNotFoundError(f"no master broker found in cluster {cluster or '(any)'}")
+        return addrs
+
+    def _broker_json(self, addr: str, code: int, what: str) -> dict[str, Any]:
+        body = self._invoke(addr, code).body
+        return decode_json_body(body, f"{what} of {addr}") if len(body) else {}
+
+    def broker_runtime_info(self, broker_addr: str) -> dict[str, str]:
+        """GET_BROKER_RUNTIME_INFO of one broker: RocketMQ's key/value table (all values strings):
+        putTps / getTransferedTps ("10 s, 1 min, 10 min"), putMessageDistributeTime (send RT
+        histogram), flushLatencyMs, dispatchBehindBytes, commitLogDiskRatio, ring depths, ..."""
+        return dict(self._broker_json(broker_addr, RequestCode.GET_BROKER_RUNTIME_INFO, "runtime info")
+                    .get("table", {}))
+
+    def broker_status(self, broker_addr: str | None = None, cluster: str | None = None) -> dict[str, dict]:
+        """`mqadmin brokerStatus`: {broker address: runtime info table} of one broker or a cluster."""
+        return {addr: self.broker_runtime_info(addr) for addr in self._targets(cluster, broker_addr)}
+
+    def cluster_stats(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        """`mqadmin clusterList` rows: every broker with its TPS, dispatch lag and disk ratio
+        (RocketMQ's #InTPS #OutTPS ... #SPACE columns, from each broker's runtime info)."""
+        info = self.cluster_list()
+        brokers = info.get("brokerAddrTable", {})
+        rows = []
+        for cluster_name, names in sorted(info.get("clusterAddrTable", {}).items()):
+            if cluster and cluster_name != cluster:
+                continue
+            for name in sorted(names):
+                for broker_id, addr in sorted(brokers.get(name, {}).get("brokerAddrs", {}).items()):
+                    rows.append(self._cluster_row(cluster_name, name, broker_id, addr))
+        return rows
+
+    def _cluster_row(self, cluster: str, name: str, broker_id: str, addr: str) -> dict[str, Any]:
+        try:
+            table = self.broker_runtime_info(addr)
+        except ClientError as exc:
+            table = {"error": str(exc)}
+        return {"cluster": cluster, "broker_name": name, "bid": broker_id, "addr": addr,
+                "version": table.get("brokerVersionDesc", "-"),
+                "in_tps": _first(table.get("putTps")), "out_tps": _first(table.get("getTransferedTps")),
+                "send_rt_avg_ms": table.get("sendRtAvgMs", "-"),
+                "flush_latency_ms": table.get("flushLatencyMs", "-"),
+                "dispatch_behind_bytes": table.get("dispatchBehindBytes", "-"),
+                "disk_ratio": table.get("commitLogDiskRatio", "-"),
+                "writable": table.get("storeWritable", "-"),
+                **({"error": table["error"]} if "error" in table else {})}
+
+    def stats_all(self, cluster: str | None = None, broker_addr: str | None = None) -> list[dict[str, Any]]:
+        """`mqadmin statsAll`: per topic and consumer group of each master, the accumulation (lag:
+        max offset - committed offset, summed over queues) and the topic's message count, with the
+        broker's in/out TPS. System topics are left out, as RocketMQ's statsAll leaves out %RETRY%."""
+        rows = []
+        for addr in self._targets(cluster, broker_addr):
+            runtime = self.broker_runtime_info(addr)
+            offsets = self._broker_json(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, "consumer offsets")
+            topics = self._broker_json(addr, RequestCode.GET_ALL_TOPIC_CONFIG, "topic config")
+            for topic, config in sorted(topics.get("topicConfigTable", {}).items()):
+                if is_system_topic(topic):
+                    continue
+                rows.extend(self._topic_stats(addr, topic, config, offsets.get("offsetTable", {}), runtime))
+        return rows
+
+    def _topic_stats(self, addr: str, topic: str, config: dict[str, Any], offset_table: dict[str, Any],
+                     runtime: dict[str, str]) -> list[dict[str, Any]]:
+        queues = max(int(config.get("readQueueNums", 0)), int(config.get("writeQueueNums", 0)))
+        pending = [self._async(addr, RequestCode.GET_MAX_OFFSET, {"topic": topic, "queueId": q})
+                   for q in range(queues)]
+        max_offsets = {q: self._offset(addr, future) for q, future in enumerate(pending)}
+        base = {"topic": topic, "messages": sum(max_offsets.values()), "broker": addr,
+                "broker_in_tps": _first(runtime.get("putTps")),
+                "broker_out_tps": _first(runtime.get("getTransferedTps"))}
+        prefix = topic + "@"
+        groups = {key[len(prefix):]: value for key, value in offset_table.items() if key.startswith(prefix)}
+        if not groups:
+            return [{**base, "group": "-", "accumulation": "-"}]
+        return [{**base, "group": group, "accumulation": sum(
+                    max(0, max_offsets.get(int(q), 0) - int(offset)) for q, offset in committed.items())}
+                for group, committed in sorted(groups.items())]
+
+    def delete_expired_commitlog(self, cluster: str | None = None,
+                                 broker_addr: str | None = None) -> list[str]:
+        """`mqadmin deleteExpiredCommitLog`: each broker's cleaner runs a pass now and deletes expired
+        CommitLog files at any hour for its next passes. Returns the broker addresses asked."""
+        addrs = self._targets(cluster, broker_addr)
+        for addr in addrs:
+            self._invoke(addr, RequestCode.DELETE_EXPIRED_COMMITLOG)
+        return addrs
+
+
+def _first(tps: str | None) -> str:
+    """The 10-second figure of a RocketMQ-style "10s 1min 10min" TPS string."""
+    return tps.split()[0] if tps else "-"
