@@ -101,7 +101,8 @@ class BrokerTree:
         for proc in status.get("processes", []):
             self.known_pids.add(proc["pid"])
         states = {p["name"]: p["state"] for p in status.get("processes", [])}
-        return status.get("running", False) and all(states.get(n) == "running" for n in BROKER_PROCESSES)
+        # The supervisor turns "running" only once every process of its table is up.
+        return status.get("running", False) and states.get("supervisor") == "running"
 
     def status(self) -> dict:
         from workers.supervisor import broker_status

@@ -43,6 +43,7 @@ from shm import BrokerShm, open_broker_shm
 from shm.heartbeats import STATE_RUNNING, STATE_STARTING, STATE_STOPPED, STATE_STOPPING
 
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_PID_ENV = "RMQD_SUPERVISOR_PID"
 LOG_FORMAT = "%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
@@ -60,6 +61,12 @@ def setup_logging(process_name: str, logs_dir: str | None) -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(os.environ.get("RMQD_LOG_LEVEL", "INFO"))
+
+
+def supervisor_pid() -> int:
+    """The pid of the process that started us: the supervisor names itself in RMQD_SUPERVISOR_PID,
+    so a child that starts after its supervisor already died (and was re-parented) still notices."""
+    return int(os.environ.get(SUPERVISOR_PID_ENV) or os.getppid())
 
 
 def die_with_parent() -> None:
@@ -83,7 +90,7 @@ class WorkerProcess:
         self.abnormal = abnormal
         self.stop_requested = False
         self._wait_sources: list[tuple[Any, Callable[[], bool]]] = []
-        self._parent_pid = os.getppid()
+        self._parent_pid = supervisor_pid()
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- to override -------------------------------------------------------------------------
@@ -199,6 +206,9 @@ def run_from_argv(worker_class: type[WorkerProcess], argv: list[str] | None = No
     setup_logging(worker_class.name, cfg.logs_dir)
     die_with_parent()
     log = logging.getLogger(f"rmqd.{worker_class.name}")
+    if os.getppid() != supervisor_pid():
+        log.error("supervisor %d is gone; not starting", supervisor_pid())
+        return EXIT_BOOT_FAILED
     try:
         shm = open_broker_shm(args.shm, {k: int(v) for k, v in orjson.loads(args.fds).items()})
     except Exception:

@@ -289,12 +289,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    from workers.base import die_with_parent, setup_logging
+    from workers.base import die_with_parent, setup_logging, supervisor_pid
 
     args = parse_args(None)
     if args.supervised:
         die_with_parent()
-        if os.getppid() == 1:  # the supervisor died before prctl took effect
+        if os.getppid() != supervisor_pid():  # the supervisor died before prctl took effect
             sys.exit(EXIT_BOOT_FAILED)
     if args.logs_dir:
         setup_logging("namesrv", args.logs_dir)

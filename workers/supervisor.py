@@ -46,7 +46,7 @@ from rmqd.exit_codes import (
 from rmqd.store.files import StoreLock, abort_exists, create_abort, remove_abort
 from shm import BrokerShm, attach_readonly, create_broker_shm, shm_path_for_store
 from shm.heartbeats import STATE_RUNNING
-from workers.base import setup_logging
+from workers.base import SUPERVISOR_PID_ENV, setup_logging
 
 log = logging.getLogger("rmqd.supervisor")
 
@@ -87,6 +87,10 @@ class Child:
 
 class BootFailed(Exception):
     """A process exited or timed out before it was ready."""
+
+
+class StopDuringBoot(Exception):
+    """SIGTERM/SIGINT arrived while booting: stop what was started, cleanly."""
 
 
 class Supervisor:
@@ -133,7 +137,8 @@ class Supervisor:
             if abnormal:
                 cmd.append("--abnormal")
             fds = tuple(self.eventfds.values())
-        child.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
+        env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
+        child.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True, env=env)
         child.abort_sent = False
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -151,7 +156,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise BootFailed(f"{child.name} was not ready after {BOOT_TIMEOUT_S:.0f} s")
             if self._sleep(0.01):
-                raise BootFailed("stop requested during boot")
+                raise StopDuringBoot()
 
     def _is_ready(self, child: Child) -> bool:
         if child.name == NAMESRV:
@@ -187,8 +192,7 @@ class Supervisor:
             "arrival": self.cfg.shmSmallRingBytes,
         }
         self.shm, self.eventfds = create_broker_shm(self.shm_path, ring_sizes)
-        self.shm.heartbeats.register("supervisor", os.getpid())
-        self.shm.heartbeats.set_state("supervisor", STATE_RUNNING)
+        self.shm.heartbeats.register("supervisor", os.getpid())  # state STARTING until every child is up
         if self.namesrv is not None:
             if self.namesrv.process is None or self.namesrv.process.poll() is not None:
                 self.spawn(self.namesrv, abnormal=False)
@@ -199,6 +203,7 @@ class Supervisor:
         for name, _module, _after, _policy in PROCESSES:
             self.spawn(self.children[name], abnormal=abnormal)
             self.wait_ready(self.children[name])
+        self.shm.heartbeats.set_state("supervisor", STATE_RUNNING)  # `rmqd status`: the broker is ready
 
     # -- running -----------------------------------------------------------------------------
     def watch(self) -> int:
@@ -365,6 +370,9 @@ def run_broker(cfg: BrokerConfig, *, embedded_namesrv: bool, namesrv_port: int, 
     except BootFailed as exc:
         log.error("broker failed to boot: %s", exc)
         code = EXIT_BOOT_FAILED
+    except StopDuringBoot:
+        log.info("stop requested during boot")
+        code = EXIT_OK
     finally:
         clean = supervisor.stop_children(include_namesrv=True)
         supervisor.close_shm()
@@ -406,7 +414,7 @@ def _await_daemon(ready_r: int, cfg: BrokerConfig) -> int:
     while time.monotonic() < deadline:
         status = broker_status(cfg.store_dir)
         states = {p["name"]: p["state"] for p in status["processes"]}
-        if status["running"] and all(states.get(name) == "running" for name, *_ in PROCESSES):
+        if status["running"] and states.get("supervisor") == "running":  # set once boot completed
             print(f"rmqd started in the background (pid {status['supervisor_pid']}); logs in {cfg.logs_dir}")
             return EXIT_OK
         ready, _, _ = select.select([ready_r], [], [], 0.1)
