@@ -92,5 +92,9 @@ class RemotingTimeoutError(ClientError):
     """No response arrived within the timeout."""
 
 
+class RemotingTooMuchRequestError(ClientError):
+    """The producer's async in-flight window stayed full for the whole send timeout (back pressure)."""
+
+
 class RouteNotFoundError(ClientError):
     """No namesrv knows a route for the topic."""

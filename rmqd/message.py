@@ -158,15 +158,41 @@ def is_system_topic(topic: str) -> bool:
     return topic in SYSTEM_TOPICS or topic.startswith(SYSTEM_TOPIC_PREFIX)
 
 
+# Topic names that passed validate_topic (user rules), so a hot send path checks each name once.
+# Bounded: cleared when it grows past _VALID_TOPICS_MAX (a process with that many topics re-checks).
+_valid_topics: set[str] = set()
+_VALID_TOPICS_MAX = 4096
+
+
+def validate_send_topic(topic: object) -> None:
+    """validate_topic for a send (system topics refused), remembered per name once it passed."""
+    if topic in _valid_topics:
+        return
+    validate_topic(topic)
+    if len(_valid_topics) >= _VALID_TOPICS_MAX:
+        _valid_topics.clear()
+    _valid_topics.add(topic)  # type: ignore[arg-type]  # validate_topic proved it is a str
+
+
 def validate_message(msg: Message, max_message_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-    """Check every client-side rule of a message; raise MQClientError saying which one failed."""
+    """Check every client-side rule of a message; raise MQClientError saying which one failed.
+
+    The common message (no tags, keys, properties or delay) costs a few attribute checks: the
+    optional parts are validated only when set.
+    """
     if not isinstance(msg, Message):
         raise MQClientError(f"expected a Message, got {type(msg).__name__}")
-    validate_topic(msg.topic)
+    validate_send_topic(msg.topic)
     _validate_body(msg.body, max_message_size)
-    _validate_tags_and_keys(msg)
-    _validate_delay(msg)
-    user = _validate_user_properties(msg.properties)
+    if msg.tags is not None or msg.keys is not None or type(msg.flag) is not int or msg.flag:
+        _validate_tags_and_keys(msg)
+    if msg.delay_level != 0 or msg.deliver_at_ms is not None:
+        _validate_delay(msg)
+    if msg.properties is not None or msg.tags is not None or msg.keys is not None:
+        _validate_properties_size(_validate_user_properties(msg.properties), msg)
+
+
+def _validate_properties_size(user: dict[str, str], msg: Message) -> None:
     encoded = len(encode_properties(user)) + len((msg.tags or "").encode()) + len(" ".join(msg.key_list()))
     if encoded > MAX_PROPERTIES_BYTES:
         raise MQClientError(

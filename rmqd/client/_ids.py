@@ -16,7 +16,7 @@ UNIQ_KEY (RocketMQ MessageClientIDSetter-like; 16 bytes = 32 upper-case hex char
 Client id: "ip@pid@8-hex-random", unique per SDK object (RocketMQ's ip@instanceName, with a random
 instance name so two consumers in one process never collide in a group).
 
-Thread-safe: the counter is taken under a lock.
+Thread-safe: the counter is taken under a lock (one lock round per batch of ids).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 
 UNIQ_KEY = struct.Struct(">4sH4sIH")
 
@@ -35,10 +36,11 @@ _salt = secrets.token_bytes(4)
 
 
 def _reset_after_fork() -> None:
-    global _salt, _counter, _lock
+    global _salt, _counter, _lock, _prefix
     _salt = secrets.token_bytes(4)
     _counter = 0
     _lock = threading.Lock()
+    _prefix = _process_prefix()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -57,20 +59,45 @@ def local_ip() -> str:
 _IP = socket.inet_aton(local_ip())
 
 
-def _ms_since_month_start(now: datetime.datetime) -> int:
-    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return int((now - month_start).total_seconds() * 1000)
+def _process_prefix() -> str:
+    """The 20 hex characters of ip + pid + salt, the same for every id of this process."""
+    return UNIQ_KEY.pack(_IP, os.getpid() & 0xFFFF, _salt, 0, 0)[:10].hex().upper()
+
+
+_prefix = _process_prefix()
+_month = (0, 0)  # (start, end) of the current month in epoch ms, recomputed when `now` leaves it
+
+
+def _ms_since_month_start(now_ms: int) -> int:
+    global _month
+    start, end = _month
+    if not start <= now_ms < end:
+        now = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC)
+        first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (first + datetime.timedelta(days=32)).replace(day=1)
+        start, end = int(first.timestamp() * 1000), int(following.timestamp() * 1000)
+        _month = (start, end)
+    return now_ms - start
+
+
+def new_uniq_keys(count: int) -> list[str]:
+    """`count` new 32-hex-character message ids (one clock read and one lock for all of them)."""
+    global _counter
+    elapsed = _ms_since_month_start(time.time_ns() // 1_000_000) & 0xFFFFFFFF
+    with _lock:
+        first = _counter + 1
+        _counter = (_counter + count) & 0xFFFF
+    head = f"{_prefix}{elapsed:08X}"
+    return [f"{head}{(first + i) & 0xFFFF:04X}" for i in range(count)]
 
 
 def new_uniq_key() -> str:
     """A new 32-hex-character message id (see the module docstring for the layout)."""
     global _counter
-    now = datetime.datetime.now(datetime.UTC)
+    elapsed = _ms_since_month_start(time.time_ns() // 1_000_000) & 0xFFFFFFFF
     with _lock:
-        _counter = (_counter + 1) & 0xFFFF
-        counter = _counter
-    raw = UNIQ_KEY.pack(_IP, os.getpid() & 0xFFFF, _salt, _ms_since_month_start(now), counter)
-    return raw.hex().upper()
+        _counter = counter = (_counter + 1) & 0xFFFF
+    return f"{_prefix}{elapsed:08X}{counter:04X}"
 
 
 def new_client_id() -> str:

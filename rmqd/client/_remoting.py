@@ -1,20 +1,36 @@
 """RemotingClient: request/response over ZeroMQ DEALER sockets for the SDK (RocketMQ NettyRemotingClient).
 
-Threading model: ONE background I/O thread owns the zmq context's sockets, one DEALER per peer
-address ("host:port" -> tcp://host:port). Any thread may call `invoke`, `invoke_async` and
-`invoke_oneway`: they encode the frame in the caller's thread, put it on a thread-safe queue and
-wake the I/O thread through an eventfd registered in its `zmq.Poller`. Responses are matched to
-requests by `opaque` (unique per client, increasing) and complete a `concurrent.futures.Future`.
+Threading model: ONE background I/O thread owns the sockets of asynchronous traffic, one DEALER per
+peer address ("host:port" -> tcp://host:port). Any thread may call `invoke`, `invoke_async` and
+`invoke_oneway`. `invoke_async` and `invoke_oneway` encode the frame in the caller's thread, put it
+on a thread-safe queue and wake the I/O thread through an eventfd registered in its `zmq.Poller`.
+Responses are matched to requests by `opaque` (unique per client, increasing) and complete a
+`concurrent.futures.Future`.
+
+Synchronous `invoke` takes a shorter road when the client has no `on_request` callback (the
+producer and admin clients): the calling thread borrows a DEALER socket of its own from a per-address
+pool, sends, polls and receives on it directly, and gives it back. That saves two thread hand-offs
+per round trip (queue + eventfd wake-up of the I/O thread, then a future wake-up of the caller):
+the round trip costs what a raw DEALER round trip costs. The pool holds one socket per concurrent
+synchronous caller (so N sending threads open N connections to a broker); a socket is used by one
+thread at a time and handed over under the client's lock, as ZeroMQ requires. Clients with an
+`on_request` callback (consumers: brokers push NOTIFY_CONSUMER_IDS_CHANGED on the connection a
+heartbeat came from) keep every request on the I/O thread so no pushed request lands unread on a
+pooled socket.
 
 Futures are completed BY THE I/O THREAD, so their done-callbacks run there: callbacks must be quick
 and must never call a blocking `invoke` (that is refused with ClientError rather than deadlocking).
 Hand real work to your own executor.
 
-Timeouts are enforced by the I/O thread: an expired request fails with RemotingTimeoutError. The
-socket it was sent on is then retired, Lazy-Pirate style (zguide lpclient): new requests to that
-address go through a fresh DEALER (a fresh connection, so messages queued for a dead or restarted
-peer are dropped), while the retired socket lives on only until the requests still in flight on it
-finish or expire. Late replies for expired opaques are discarded, so a stale reply never matches.
+Timeouts are enforced by the I/O thread (or the synchronous caller): an expired request fails with
+RemotingTimeoutError. The socket it was sent on is then retired, Lazy-Pirate style (zguide
+lpclient): new requests to that address go through a fresh DEALER (a fresh connection, so messages
+queued for a dead or restarted peer are dropped), while the retired socket lives on only until the
+requests still in flight on it finish or expire (a synchronous caller's socket is closed at once).
+Late replies for expired opaques are discarded, so a stale reply never matches.
+
+`close()` fails pending asynchronous requests with ClientError and terminates the zmq context,
+which interrupts synchronous callers still waiting (they fail with ClientError too).
 
 A request that finds its socket full (SNDHWM reached: the peer reads slower than callers send)
 waits in that peer's backlog until the socket drains; its timeout keeps running meanwhile.
@@ -27,6 +43,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -104,10 +121,14 @@ class RemotingClient:
 
     def __init__(
         self, *, name: str = "rmqd-remoting", hwm: int = DEFAULT_HWM,
-        on_request: Callable[[str, Command], None] | None = None,
+        on_request: Callable[[str, Command], None] | None = None, direct_sync: bool | None = None,
     ) -> None:
+        """`direct_sync`: synchronous invokes on the caller's own pooled socket (see the module
+        docstring); by default on exactly when there is no `on_request` callback."""
         self._hwm = hwm
         self._on_request = on_request
+        self._direct_sync = on_request is None if direct_sync is None else direct_sync
+        self._idle_sync: dict[str, list[zmq.Socket]] = {}  # guarded by _lock
         self._context = zmq.Context()
         self._submissions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -131,6 +152,8 @@ class RemotingClient:
         """
         if threading.current_thread() is self._thread:
             raise ClientError("invoke() from the remoting I/O thread (a future callback) would deadlock")
+        if self._direct_sync:
+            return self._invoke_direct(addr, code, fields, body, timeout_ms)
         future = self.invoke_async(addr, code, fields, body, timeout_ms)
         try:
             return future.result(timeout=timeout_ms / 1000 + CALLER_GRACE_S)
@@ -155,19 +178,40 @@ class RemotingClient:
     def invoke_oneway(
         self, addr: str, code: int, fields: dict[str, Any] | None = None, body: bytes | memoryview = b"",
     ) -> None:
-        """Send a request that gets no response; returns once it is queued for the I/O thread."""
+        """Send a request that gets no response; returns once it is queued for sending.
+
+        With the direct synchronous path the caller queues the frame on a pooled socket itself;
+        when that socket is at its high-water mark the frame goes to the I/O thread's backlog."""
         opaque = next(self._opaques)
         frame = encode_request(code, opaque, fields, body, oneway=True)
+        if self._direct_sync:
+            sock = self._borrow(addr)
+            sent = False
+            try:
+                sent = _try_send(sock, frame)
+            except zmq.ZMQError as exc:
+                raise ClientError(f"cannot send to {addr}: {exc}") from exc
+            finally:
+                self._give_back(addr, sock, healthy=True)
+            if sent:
+                return
         self._submit(_Send(addr, frame, opaque, int(code), None, 0.0, 0))
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Fail every pending request with ClientError, close all sockets, join the I/O thread."""
+        """Fail every pending request with ClientError, close all sockets, join the I/O thread.
+
+        Synchronous callers still waiting are interrupted (the context's termination makes their
+        poll fail with ETERM) and raise ClientError."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._submissions.put(_CLOSE)
+            idle = [sock for socks in self._idle_sync.values() for sock in socks]
+            self._idle_sync.clear()
         os.eventfd_write(self._wake_fd, 1)
+        for sock in idle:
+            sock.close(0)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("remoting I/O thread did not stop within %.1f s; leaving its context open", timeout_s)
@@ -178,6 +222,83 @@ class RemotingClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # ----------------------------------------------------------------- direct synchronous path
+
+    def _invoke_direct(self, addr: str, code: int, fields: dict[str, Any] | None,
+                       body: bytes | memoryview, timeout_ms: int) -> Command:
+        """invoke() on a pooled socket owned by the calling thread for the round trip."""
+        opaque = next(self._opaques)
+        frame = encode_request(code, opaque, fields, body)
+        deadline = time.monotonic() + timeout_ms / 1000
+        sock = self._borrow(addr)
+        healthy = False
+        try:
+            response = self._round_trip(sock, addr, frame, opaque, int(code), deadline, timeout_ms)
+            healthy = True
+            return response
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.ETERM or self._closed:
+                raise ClientError("RemotingClient closed before the response arrived") from None
+            raise ClientError(f"socket error talking to {addr}: {exc}") from exc
+        finally:
+            self._give_back(addr, sock, healthy)
+
+    def _borrow(self, addr: str) -> zmq.Socket:
+        with self._lock:
+            if self._closed:
+                raise ClientError("RemotingClient is closed")
+            idle = self._idle_sync.get(addr)
+            if idle:
+                return idle.pop()
+            try:  # under the lock, so close() cannot terminate the context mid-way
+                return self._new_dealer(addr)
+            except zmq.ZMQError as exc:
+                raise MQClientError(f"cannot connect to {addr!r}: {exc}") from None
+
+    def _give_back(self, addr: str, sock: zmq.Socket, healthy: bool) -> None:
+        """Pool a socket that ended its round trip cleanly; close any other (Lazy Pirate)."""
+        with self._lock:
+            if healthy and not self._closed:
+                self._idle_sync.setdefault(addr, []).append(sock)
+                return
+        sock.close(0)
+
+    def _round_trip(self, sock: zmq.Socket, addr: str, frame: bytes, opaque: int, code: int,
+                    deadline: float, timeout_ms: int) -> Command:
+        if not _try_send(sock, frame):  # the peer reads slower than we send: wait for room
+            if not sock.poll(_ms_until(deadline), zmq.POLLOUT) or not _try_send(sock, frame):
+                raise _timeout_error(addr, code, opaque, timeout_ms)
+        while True:
+            if not sock.poll(_ms_until(deadline), zmq.POLLIN):
+                raise _timeout_error(addr, code, opaque, timeout_ms)
+            try:
+                command = decode(sock.recv(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                continue
+            except ProtocolError as exc:
+                log.warning("dropping malformed frame from %s: %s", addr, exc)
+                continue
+            if command.is_response and command.opaque == opaque:
+                return command
+            log.debug("discarding %s opaque %d on a synchronous socket to %s",
+                      "late response" if command.is_response else "unsolicited request", command.opaque, addr)
+
+    def _new_dealer(self, addr: str) -> zmq.Socket:
+        """A DEALER connected to `addr` with the client's options; raises zmq.ZMQError."""
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        try:
+            sock.connect(endpoint_of(addr))
+        except zmq.ZMQError:
+            sock.close(0)
+            raise
+        return sock
+
+    # ----------------------------------------------------------------- I/O thread hand-off
 
     def _submit(self, item: _Send) -> None:
         with self._lock:
@@ -265,16 +386,7 @@ class RemotingClient:
             state.poller.modify(conn.socket, zmq.POLLIN)
 
     def _open(self, state: _State, addr: str) -> _Conn:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        try:
-            sock.connect(endpoint_of(addr))
-        except zmq.ZMQError:
-            sock.close(0)
-            raise
+        sock = self._new_dealer(addr)
         conn = _Conn(addr, sock)
         state.conns[addr] = conn
         state.by_socket[sock] = conn
@@ -321,9 +433,7 @@ class RemotingClient:
             conn = pending.conn
             self._retire(state, conn)
             self._release(state, conn)
-            pending.future.set_exception(RemotingTimeoutError(
-                f"no response from {conn.addr} to {code_name(pending.code, response=False)} "
-                f"(opaque {opaque}) within {pending.timeout_ms} ms"))
+            pending.future.set_exception(_timeout_error(conn.addr, pending.code, opaque, pending.timeout_ms))
         if len(state.deadlines) > 2 * len(state.pending) + 1024:  # drop entries of answered requests
             state.deadlines = [(d, o) for d, o in state.deadlines if o in state.pending]
             heapq.heapify(state.deadlines)
@@ -369,6 +479,16 @@ def _try_send(sock: zmq.Socket, frame: bytes) -> bool:
     except zmq.Again:
         return False
     return True
+
+
+def _ms_until(deadline: float) -> int:
+    """Whole milliseconds left until `deadline` (rounded up, never negative) for zmq poll."""
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+def _timeout_error(addr: str, code: int, opaque: int, timeout_ms: int) -> RemotingTimeoutError:
+    return RemotingTimeoutError(f"no response from {addr} to {code_name(code, response=False)} "
+                                f"(opaque {opaque}) within {timeout_ms} ms")
 
 
 def _fail(future: Future | None, error: BaseException) -> None:

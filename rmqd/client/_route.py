@@ -1,17 +1,27 @@
-"""Namesrv access for the SDK: address list, route lookups and the per-topic route cache.
+"""Namesrv access and queue selection for the SDK: routes, the route cache, broker fault tolerance.
 
 `NamesrvClient` sends namesrv requests through a shared RemotingClient, trying each configured
 namesrv in turn (RocketMQ clients accept "a:9876;b:9876"). `TopicRoute` is the parsed
 TopicRouteData; `RouteCache` keeps one per topic and refreshes it after `ttl_ms` (RocketMQ polls
 every 30 s in the background; the SDK refreshes lazily on use, which gives callers the same view).
 
-Thread-safe: the cache takes a lock around its dict; lookups happen outside it.
+Queue selection for sends (RocketMQ MQFaultStrategy / LatencyFaultToleranceImpl, 5.x tables):
+`LatencyFaultTolerance` turns every send's latency into a "not available until" time for its
+broker (latency >= LATENCY_MAX_MS[i] -> unavailable for NOT_AVAILABLE_DURATION_MS[i]; a failed
+send counts as ISOLATION_LATENCY_MS, i.e. 10 s away). `select_queue` walks the queues round-robin
+and takes the first queue whose broker is available and is not the broker that just failed, then
+any queue not on that broker, then any queue at all: avoidance never makes a send impossible.
+`select_by_sharding_key` keeps one key on one queue (ordered messages) and ignores faults.
+
+Thread-safe: the cache takes a lock around its dict; lookups happen outside it. The fault table
+is a dict of immutable tuples replaced whole, so readers need no lock.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +29,7 @@ from rmqd.client._remoting import RemotingClient
 from rmqd.errors import MQBrokerError, MQClientError, ProtocolError, RemotingTimeoutError
 from rmqd.message import MessageQueue
 from rmqd.protocol import Command, Perm, RequestCode, ResponseCode, code_name, decode_json_body
+from rmqd.store.record import java_string_hash
 
 DEFAULT_NAMESRV = "127.0.0.1:9876"
 ROUTE_TTL_MS = 30_000
@@ -168,3 +179,77 @@ class RouteCache:
     def invalidate(self, topic: str) -> None:
         with self._lock:
             self._routes.pop(topic, None)
+
+
+# ---------------------------------------------------------------------------- queue selection
+
+LATENCY_MAX_MS = (50, 100, 550, 1800, 3000, 5000, 15000)  # RocketMQ 5 MQFaultStrategy.latencyMax
+NOT_AVAILABLE_DURATION_MS = (0, 0, 2000, 5000, 6000, 10000, 30000)  # ... .notAvailableDuration
+ISOLATION_LATENCY_MS = 10_000  # a failed send counts as this slow: 10 s unavailable
+
+
+class LatencyFaultTolerance:
+    """Per-broker "not available until" times computed from send latencies (see the module docstring)."""
+
+    def __init__(self, latency_max_ms: Sequence[int] = LATENCY_MAX_MS,
+                 not_available_duration_ms: Sequence[int] = NOT_AVAILABLE_DURATION_MS) -> None:
+        if len(latency_max_ms) != len(not_available_duration_ms):
+            raise MQClientError("latency_max_ms and not_available_duration_ms need the same length")
+        self.latency_max_ms = tuple(latency_max_ms)
+        self.not_available_duration_ms = tuple(not_available_duration_ms)
+        self._items: dict[str, tuple[int, float]] = {}  # broker -> (last latency ms, available at)
+
+    def not_available_ms(self, latency_ms: float) -> int:
+        """ms a broker that answered in `latency_ms` is avoided (RocketMQ computeNotAvailableDuration)."""
+        for bound, duration in zip(reversed(self.latency_max_ms), reversed(self.not_available_duration_ms)):
+            if latency_ms >= bound:
+                return duration
+        return 0
+
+    def update(self, broker_name: str, latency_ms: float, *, isolation: bool = False) -> None:
+        """Record one send to `broker_name`; `isolation` for a failed one (timeout, busy broker)."""
+        duration_ms = self.not_available_ms(ISOLATION_LATENCY_MS if isolation else latency_ms)
+        if duration_ms == 0 and broker_name not in self._items:
+            return  # the common case: a fast broker with no history stays out of the table
+        self._items[broker_name] = (int(latency_ms), time.monotonic() + duration_ms / 1000)
+
+    def is_available(self, broker_name: str) -> bool:
+        item = self._items.get(broker_name)
+        return item is None or time.monotonic() >= item[1]
+
+    def unavailable_brokers(self) -> set[str]:
+        now = time.monotonic()
+        return {name for name, (_, available_at) in list(self._items.items()) if now < available_at}
+
+    def remove(self, broker_name: str) -> None:
+        self._items.pop(broker_name, None)
+
+
+def select_queue(queues: Sequence[MessageQueue], index: int, *, avoid_broker: str | None = None,
+                 unavailable: set[str] | frozenset[str] = frozenset()) -> MessageQueue:
+    """Round-robin from queues[index % n]: first a queue of an available broker other than
+    `avoid_broker`, else one not on `avoid_broker`, else queues[index % n]."""
+    count = len(queues)
+    if avoid_broker is None and not unavailable:
+        return queues[index % count]
+    fallback = None
+    for step in range(count):
+        queue = queues[(index + step) % count]
+        if queue.broker_name == avoid_broker:
+            continue
+        if queue.broker_name not in unavailable:
+            return queue
+        if fallback is None:
+            fallback = queue
+    return fallback if fallback is not None else queues[index % count]
+
+
+def select_round_robin(queues: Sequence[MessageQueue], index: int,
+                       avoid_broker: str | None = None) -> MessageQueue:
+    """queues[index % n], skipping queues of `avoid_broker` when another broker has one."""
+    return select_queue(queues, index, avoid_broker=avoid_broker)
+
+
+def select_by_sharding_key(queues: Sequence[MessageQueue], sharding_key: str) -> MessageQueue:
+    """Stable queue for a key: abs(Java String.hashCode(key)) % n (RocketMQ SelectMessageQueueByHash)."""
+    return queues[abs(java_string_hash(sharding_key)) % len(queues)]
