@@ -1,14 +1,26 @@
-"""Dispatcher: follows the CommitLog and builds ConsumeQueue units (RocketMQ's ReputMessageService).
+"""Dispatcher: follows the CommitLog and builds ConsumeQueue units and the IndexFile
+(RocketMQ's ReputMessageService with CommitLogDispatcherBuildConsumeQueue and BuildIndex).
 
 Reads shm:   positions.write_pos (writer); doorbell "dispatch"
 Writes shm:  positions.dispatch_pos, positions.cq_flush_pos, heartbeats[dispatcher];
              ring "arrival" (dispatcher -> holder): per queue, the new max offset
-Files:       commitlog/* (read-only mmap), consumequeue/* (the only writer while running)
+Files:       commitlog/* (read-only mmap), consumequeue/* and index/* (the only writer while running)
 On crash:    restartable: resumes at the checkpoint's cq_dispatch_pos; re-putting a unit is an
-             idempotent overwrite at queue_offset * 20, so re-dispatching is harmless.
+             idempotent overwrite at queue_offset * 20, so re-dispatching is harmless. Index
+             entries are appended, so setup() first cuts those at or past the resume point.
+
+cq_flush_pos (which the flusher writes into the checkpoint as cq_dispatch_pos AND
+index_dispatch_pos) is published only after both the ConsumeQueues and the index files are
+flushed up to it. With messageIndexEnable=false no index is built.
 
 Order matters for readers (rmqd/broker/pull.py): units are written first, dispatch_pos is
 published after, and only then are arrivals announced, so a woken pull always finds its units.
+
+A full disk: ConsumeQueue and index files are sparse, and their writers allocate blocks ahead
+(MappedFile.reserve), so no room fails with OSError(ENOSPC) before anything is written, never with
+SIGBUS. The dispatcher then keeps dispatch_pos at the record that could not be dispatched, cuts the
+index keys that record already got, and tries again every WRITE_RETRY_S (pulls keep being served
+up to dispatch_pos). A stop while paused exits without dispatching the rest (recovery does it).
 """
 from __future__ import annotations
 
@@ -20,12 +32,14 @@ from rmqd.store.checkpoint import Checkpoint
 from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import ConsumeQueueStore
 from rmqd.store.dispatch import dispatch_record_to_cq
+from rmqd.store.index_file import IndexService
 from workers.base import WorkerProcess, run_from_argv
 
 log = logging.getLogger("rmqd.dispatcher")
 # Bound one run_once so heartbeats and arrivals keep flowing during a large catch-up. It must exceed
 # two largest records (4 MiB body each) plus a file-end blank so that every window makes progress.
 MAX_DISPATCH_BYTES = 32 << 20
+WRITE_RETRY_S = 1.0
 
 
 class Dispatcher(WorkerProcess):
@@ -39,24 +53,38 @@ class Dispatcher(WorkerProcess):
         self.arrivals_ring = self.shm.rings["arrival"]
         start = Checkpoint(cfg.checkpoint_path).load().cq_dispatch_pos
         self.dispatch_pos = max(start, self.commit_log_min())
+        self.index = self._open_index(self.dispatch_pos)
         self.positions.set_dispatch_pos(self.dispatch_pos)
         self.positions.set_cq_flush_pos(self.dispatch_pos)
         self.flush_interval_s = cfg.flushIntervalConsumeQueue / 1000.0
         self.delay_levels_ms = cfg.delay_levels_ms
         self.next_cq_flush = time.monotonic() + self.flush_interval_s
         self.flushed_upto = self.dispatch_pos
-        self.add_wait_source(self.shm.doorbells["dispatch"],
-                             lambda: self.positions.write_pos > self.dispatch_pos)
+        self.retry_at = 0.0  # while in the future: paused after a write error (full disk)
+        self.add_wait_source(self.shm.doorbells["dispatch"], self._can_dispatch)
         log.info("dispatching from phy offset %d", self.dispatch_pos)
+
+    def _open_index(self, start: int) -> IndexService | None:
+        if not self.cfg.messageIndexEnable:
+            return None
+        index = IndexService(self.cfg.store_dir, max_hash_slots=self.cfg.maxHashSlotNum,
+                             max_index_count=self.cfg.maxIndexNum, readonly=False)
+        cut = index.truncate_beyond(start)  # entries a killed predecessor put past its checkpoint
+        if cut:
+            log.info("cut %d index entries at or past phy offset %d; re-indexing from there", cut, start)
+        return index
 
     def commit_log_min(self) -> int:
         first = self.commit_log.min_offset()
         return first if first is not None else 0
 
+    def _can_dispatch(self) -> bool:
+        return self.positions.write_pos > self.dispatch_pos and time.monotonic() >= self.retry_at
+
     def run_once(self) -> bool:
         write_pos = self.positions.write_pos
         did = False
-        if write_pos > self.dispatch_pos:
+        if self._can_dispatch():
             self.dispatch_upto(min(write_pos, self.dispatch_pos + MAX_DISPATCH_BYTES), write_pos)
             did = True
         if time.monotonic() >= self.next_cq_flush:
@@ -68,15 +96,33 @@ class Dispatcher(WorkerProcess):
         arrivals: dict[tuple[str, int], int] = {}
         self.commit_log.refresh()
         end = self.dispatch_pos
-        for phy_offset, record in self.commit_log.iter_records(self.dispatch_pos, target, verify_crc=False):
-            if dispatch_record_to_cq(self.cq_store, phy_offset, record, self.delay_levels_ms):
-                arrivals[(record.topic, record.queue_id)] = record.queue_offset + 1
-            end = phy_offset + record.total_size
-        # write_pos is published only at group ends, so reaching it means every record (and any
-        # blank at a file end) below it is done; inside a capped window, stop after the last record.
-        self.dispatch_pos = write_pos if target == write_pos else end
-        self.positions.set_dispatch_pos(self.dispatch_pos)
+        cq_store, delay_levels_ms, index = self.cq_store, self.delay_levels_ms, self.index
+        records = self.commit_log.iter_records(self.dispatch_pos, target, verify_crc=False)
+        try:
+            for phy_offset, record in records:
+                if dispatch_record_to_cq(cq_store, phy_offset, record, delay_levels_ms):
+                    arrivals[(record.topic, record.queue_id)] = record.queue_offset + 1
+                if index is not None:
+                    index.build_for_record(phy_offset, record)
+                end = phy_offset + record.total_size
+            # write_pos is published only at group ends, so reaching it means every record (and any
+            # blank at a file end) below it is done; in a capped window, stop after the last record.
+            if target == write_pos:
+                end = write_pos
+            self.retry_at = 0.0
+        except OSError as exc:  # no room for ConsumeQueue or index blocks: see the module docstring
+            self._pause(exc, end)
+        self.dispatch_pos = end
+        self.positions.set_dispatch_pos(end)
         self._announce(arrivals)
+
+    def _pause(self, exc: OSError, end: int) -> None:
+        if self.index is not None:
+            self.index.truncate_beyond(end)  # keys of the record that failed half-way
+        if self.retry_at == 0.0:
+            log.error("cannot write ConsumeQueue/index files (%s): dispatch paused at phy offset %d, "
+                      "retrying every %.0f s", exc, end, WRITE_RETRY_S)
+        self.retry_at = time.monotonic() + WRITE_RETRY_S
 
     def _announce(self, arrivals: dict[tuple[str, int], int]) -> None:
         ring = self.arrivals_ring
@@ -91,21 +137,28 @@ class Dispatcher(WorkerProcess):
 
     def flush_consume_queues(self) -> None:
         self.next_cq_flush = time.monotonic() + self.flush_interval_s
+        if self.index is not None:
+            self.index.refresh()  # unmap index files the cleaner deleted, so their space is freed
         if self.flushed_upto == self.dispatch_pos:
             return
         upto = self.dispatch_pos
         self.cq_store.flush_all()
+        if self.index is not None:
+            self.index.flush()
         self.flushed_upto = upto
         self.positions.set_cq_flush_pos(upto)
 
     def idle_timeout(self) -> float:
-        return max(0.001, min(self.next_cq_flush - time.monotonic(), 1.0))
+        wake_at = min(self.next_cq_flush, self.retry_at) if self.retry_at else self.next_cq_flush
+        return max(0.001, min(wake_at - time.monotonic(), 1.0))
 
     def teardown(self) -> None:
-        while (write_pos := self.positions.write_pos) > self.dispatch_pos:
+        while (write_pos := self.positions.write_pos) > self.dispatch_pos and not self.retry_at:
             self.dispatch_upto(min(write_pos, self.dispatch_pos + MAX_DISPATCH_BYTES), write_pos)
         self.flush_consume_queues()
         self.cq_store.close_all()
+        if self.index is not None:
+            self.index.close()
         log.info("dispatched and flushed up to %d", self.dispatch_pos)
 
 

@@ -233,6 +233,29 @@ class CommitLog:
         self._write_pos = phy
         return phy
 
+    def boundary_before(self, phy: int, window: int) -> int:
+        """A record boundary B <= phy - window (B < phy in any case), in the file holding phy - 1.
+
+        Hops TOTALSIZEs from that file's start (files start with a record); the hop stops early at
+        a size that cannot be right, and that is a boundary too: the damage is in the record there.
+        Recovery re-validates [B, phy) because the record before a checkpoint position can be
+        damaged after the checkpoint was written (RocketMQ's recoverNormally rescans the last
+        files for the same reason). Cost: ~0.3 us per record between the file start and B.
+        """
+        found = self.queue.find(phy - 1) if phy > 0 else None
+        if found is None:
+            return phy
+        mapped = found[0]
+        target = max(mapped.start_offset, phy - max(window, 1))
+        mv, file_pos = mapped.mv, 0
+        end_file_pos = target - mapped.start_offset
+        while file_pos < end_file_pos:
+            size = TOTALSIZE.unpack_from(mv, file_pos)[0]
+            if size <= 0 or file_pos + size > end_file_pos:
+                break
+            file_pos += size
+        return mapped.start_offset + file_pos
+
     def _clamp_start(self, start_phy: int) -> int:
         first, last = self.queue.files[0], self.queue.files[-1]
         if start_phy < first.start_offset:

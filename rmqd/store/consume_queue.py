@@ -41,6 +41,9 @@ CQ_SIZE = struct.Struct(">i")  # the size field alone, at unit position + 8
 CQ_SIZE_POS = 8
 DEFAULT_CQ_FILE_SIZE = 300_000 * CQ_UNIT_SIZE
 DEFAULT_MAX_OPEN_QUEUES = 512  # each open queue holds >= 1 mapping (and 1 fd); see module docstring
+# Files are sparse: put() allocates blocks 64 KiB (3,276 units) ahead (MappedFile.reserve), so a
+# full disk fails a put with OSError(ENOSPC) instead of killing the dispatcher with SIGBUS.
+UNIT_RESERVE_BYTES = 64 << 10
 
 
 class ConsumeQueue:
@@ -59,16 +62,25 @@ class ConsumeQueue:
         self.dir = os.path.join(store_dir, "consumequeue", topic, str(queue_id))
         self.queue = MappedFileQueue(self.dir, file_size, readonly=readonly, sparse=True)
         self._current: MappedFile | None = None
+        self._reserved = (0, 0)  # queue byte range of _current whose blocks put() allocated
         self._dirty_start = self._dirty_end = 0  # byte range put since the last flush
 
     # ---- write ------------------------------------------------------------------------------
 
     def put(self, queue_offset: int, phy_offset: int, size: int, tags_hash: int) -> None:
-        """Write the unit of `queue_offset` (overwrites: re-putting the same unit is harmless)."""
+        """Write the unit of `queue_offset` (overwrites: re-putting the same unit is harmless).
+
+        Raises OSError (ENOSPC) before writing when the disk has no room for the unit's block.
+        """
         byte = queue_offset * CQ_UNIT_SIZE
         mapped = self._current
         if mapped is None or not 0 <= byte - mapped.start_offset < self.file_size:
             mapped = self._current = self.queue.get_or_create(byte - byte % self.file_size)
+            self._reserved = (0, 0)
+        if not self._reserved[0] <= byte < self._reserved[1]:
+            file_pos = byte - mapped.start_offset
+            mapped.reserve(file_pos, file_pos + UNIT_RESERVE_BYTES)
+            self._reserved = (byte, min(byte + UNIT_RESERVE_BYTES, mapped.start_offset + self.file_size))
         CQ_UNIT.pack_into(mapped.mv, byte - mapped.start_offset, phy_offset, size, tags_hash)
         if self._dirty_end == self._dirty_start:
             self._dirty_start, self._dirty_end = byte, byte + CQ_UNIT_SIZE

@@ -22,21 +22,29 @@ Layout (big-endian; RocketMQ IndexHeader / IndexFile):
 key = topic + "#" + key; keyHash = abs(Java String.hashCode(key)), 0 for Integer.MIN_VALUE;
 slot = keyHash % max_hash_slots. Entries store only the hash: a query can return offsets of
 other keys with the same hash, so callers check the message's keys (RocketMQ's client does).
-Recovery: `truncate_beyond(phy_end)` unlinks entries past the CommitLog end, newest first, and
-restores the slot heads from their prevIndex; records past index_dispatch_pos are re-indexed.
+Recovery (and a restarting dispatcher): `truncate_beyond(pos)` first undoes a put torn before
+its header store, then removes the entries pointing at or past `pos` (index_dispatch_pos, the
+point it re-indexes from), newest first, restoring the slot heads from their prevIndex; the
+records from `pos` on are then indexed again, so re-indexing is exact.
+Geometry: the header does not record the slot and entry counts; `infer_geometry` finds them from
+a file's bytes (for `rmqd inspect index` and `rmqd verify`).
 
 Concurrency: one writer process (the dispatcher), any number of readers (`readonly=True`). The
 writer stores an entry before its slot and the header last, so a reader never follows a slot to
-an unwritten entry. The header is always read from the mapping. Not thread-safe.
+an unwritten entry. Readers always read the header from the mapping; the writer keeps a copy
+(it is the only one changing it). Not thread-safe.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import struct
 import time
+from collections.abc import Iterator
 
+from rmqd.errors import CorruptFileError
 from rmqd.store.mapped_file import MappedFile, fsync_dir, remove_stale_tmp_files
 from rmqd.store.record import MessageRecord, Prop, SysFlag, java_string_hash
 
@@ -53,9 +61,13 @@ MAX_TIME_DIFF_S = 2**31 - 1
 INDEX_NAME_LENGTH = 17  # yyyyMMddHHmmssSSS
 DEFAULT_MAX_HASH_SLOTS = 5_000_000
 DEFAULT_MAX_INDEX_COUNT = 20_000_000
+# Index files are sparse; put_hash allocates the header and slots at its first put into a file and
+# the entries 1 MiB (~52,000 entries) ahead (MappedFile.reserve): a full disk then fails a put
+# with OSError(ENOSPC) instead of killing the dispatcher with SIGBUS.
+ENTRY_RESERVE_BYTES = 1 << 20
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class IndexHeader:
     begin_timestamp_ms: int = 0
     end_timestamp_ms: int = 0
@@ -88,7 +100,27 @@ def decode_index_header(buf) -> IndexHeader:
 
 
 def encode_index_header(buf, header: IndexHeader) -> None:
-    INDEX_HEADER.pack_into(buf, 0, *dataclasses.astuple(header))
+    # Field by field: dataclasses.astuple deep-copies, and was most of a put's cost (docs/BENCHMARKS.md).
+    INDEX_HEADER.pack_into(buf, 0, header.begin_timestamp_ms, header.end_timestamp_ms,
+                           header.begin_phy_offset, header.end_phy_offset, header.hash_slot_count,
+                           header.index_count)
+
+
+def index_keys_of(record: MessageRecord) -> list[str]:
+    """The keys a record is indexed under: UNIQ_KEY, then each KEYS key (space-separated), in order.
+
+    No keys for rolled-back transactional records (RocketMQ CommitLogDispatcherBuildIndex).
+    The one place that decides it: the dispatcher, recovery and `rmqd verify` all use it.
+    """
+    if record.sys_flag & SysFlag.TRANSACTION_MASK == SysFlag.TRANSACTION_ROLLBACK:
+        return []
+    properties = record.properties
+    uniq_key = properties.get(Prop.UNIQ_KEY)
+    keys = [uniq_key] if uniq_key else []
+    text = properties.get(Prop.KEYS)
+    if text:
+        keys += [key for key in text.split(Prop.KEY_SEPARATOR) if key]
+    return keys
 
 
 def index_file_name(now_ms: int) -> str:
@@ -97,7 +129,12 @@ def index_file_name(now_ms: int) -> str:
 
 
 class IndexFile:
-    """One index file, mapped."""
+    """One index file, mapped.
+
+    A writable IndexFile keeps its header in memory (`_header`): the writer is the only process
+    that changes it, so re-decoding 40 bytes per put (the dispatcher's hot path) is wasted work.
+    It still stores the header to the mapping after every put, for readers.
+    """
 
     def __init__(self, mapped: MappedFile, max_hash_slots: int, max_index_count: int) -> None:
         self.mapped = mapped
@@ -105,6 +142,10 @@ class IndexFile:
         self.max_hash_slots = max_hash_slots
         self.max_index_count = max_index_count
         self._entries_pos = INDEX_HEADER_SIZE + max_hash_slots * INDEX_SLOT_SIZE
+        self._header: IndexHeader | None = None
+        self._reserved_end = 0  # file position up to which put_hash allocated blocks (writer only)
+        if not mapped.readonly:
+            self._header = decode_index_header(mapped.mv)
 
     @classmethod
     def create(cls, path: str, max_hash_slots: int, max_index_count: int, begin_phy_offset: int = 0,
@@ -112,8 +153,9 @@ class IndexFile:
         """A new sparse file; begin fields start at the previous file's end (RocketMQ does the same)."""
         size = index_file_size(max_hash_slots, max_index_count)
         index_file = cls(MappedFile.create(path, size, sparse=True), max_hash_slots, max_index_count)
+        index_file._reserve(index_file._entry_pos(1))  # before the header store (OSError, not SIGBUS)
         if index_file.header().index_count <= 1:
-            encode_index_header(index_file.mapped.mv, IndexHeader(
+            index_file._store_header(IndexHeader(
                 begin_timestamp_ms, begin_timestamp_ms, begin_phy_offset, begin_phy_offset, 0, 1))
         return index_file
 
@@ -123,10 +165,25 @@ class IndexFile:
         return cls(MappedFile.open(path, size, readonly=readonly), max_hash_slots, max_index_count)
 
     def header(self) -> IndexHeader:
+        """The header as stored in the mapping (a fresh object: callers may keep or change it)."""
         return decode_index_header(self.mapped.mv)
 
+    def _live_header(self) -> IndexHeader:
+        """The writer's cached header (changed in place, then stored); readers decode the mapping."""
+        return self._header if self._header is not None else self.header()
+
+    def _store_header(self, header: IndexHeader) -> None:
+        encode_index_header(self.mapped.mv, header)
+        if self._header is not None:
+            self._header = header
+
+    def end_phy_offset(self) -> int | None:
+        """phy_offset of the newest entry, None if the file has no entry."""
+        header = self._live_header()
+        return header.end_phy_offset if header.index_count > 1 else None
+
     def is_full(self) -> bool:
-        return self.header().index_count >= self.max_index_count
+        return self._live_header().index_count >= self.max_index_count
 
     def _slot_pos(self, key_hash: int) -> int:
         return INDEX_HEADER_SIZE + (key_hash % self.max_hash_slots) * INDEX_SLOT_SIZE
@@ -136,13 +193,22 @@ class IndexFile:
 
     def put_key(self, key: str, phy_offset: int, store_timestamp_ms: int) -> bool:
         """Append an entry for `key` (already topic#key); False when the file is full."""
-        header = self.header()
+        return self.put_hash(index_key_hash(key), phy_offset, store_timestamp_ms)
+
+    def put_hash(self, key_hash: int, phy_offset: int, store_timestamp_ms: int) -> bool:
+        """Append an entry for a key whose `index_key_hash` is `key_hash`; False when the file is full.
+
+        Raises OSError (ENOSPC) before writing anything when the disk has no room for the entry.
+        """
+        header = self._live_header()
         index = header.index_count
         if index >= self.max_index_count:
             return False
+        entry_pos = self._entries_pos + index * INDEX_ENTRY_SIZE
+        if entry_pos + INDEX_ENTRY_SIZE > self._reserved_end:
+            self._reserve(entry_pos)  # OSError: nothing written
         mv = self.mapped.mv
-        key_hash = index_key_hash(key)
-        slot_pos = self._slot_pos(key_hash)
+        slot_pos = INDEX_HEADER_SIZE + (key_hash % self.max_hash_slots) * INDEX_SLOT_SIZE  # inlined: hot
         (prev,) = INDEX_SLOT.unpack_from(mv, slot_pos)
         if prev <= INVALID_INDEX or prev > index:
             prev = INVALID_INDEX
@@ -154,13 +220,19 @@ class IndexFile:
         if header.begin_timestamp_ms > 0:
             time_diff_s = (store_timestamp_ms - header.begin_timestamp_ms) // 1000
             time_diff_s = min(max(time_diff_s, 0), MAX_TIME_DIFF_S)
-        INDEX_ENTRY.pack_into(mv, self._entry_pos(index), key_hash, phy_offset, time_diff_s, prev)
+        INDEX_ENTRY.pack_into(mv, entry_pos, key_hash, phy_offset, time_diff_s, prev)
         INDEX_SLOT.pack_into(mv, slot_pos, index)
         header.hash_slot_count += prev == INVALID_INDEX
         header.index_count = index + 1
         header.end_phy_offset, header.end_timestamp_ms = phy_offset, store_timestamp_ms
-        encode_index_header(mv, header)
+        encode_index_header(mv, header)  # header last: readers never follow a slot past index_count
         return True
+
+    def _reserve(self, entry_pos: int) -> None:
+        if not self._reserved_end:  # first put through this object: the header and every slot
+            self.mapped.reserve(0, self._entries_pos)
+        self.mapped.reserve(entry_pos, entry_pos + ENTRY_RESERVE_BYTES)
+        self._reserved_end = entry_pos + ENTRY_RESERVE_BYTES
 
     def is_time_matched(self, begin_ms: int, end_ms: int) -> bool:
         """Whether [begin_ms, end_ms] overlaps this file's time range (RocketMQ isTimeMatched)."""
@@ -187,9 +259,36 @@ class IndexFile:
                 break
             index = prev
 
+    def repair_torn_put(self) -> bool:
+        """Undo a put cut short before its header store (the writer was killed); True if one was.
+
+        A put stores the entry at index_count (with prev = the old slot head), then the slot, then
+        the header. Killed in between, the entry and maybe the slot point past index_count; the
+        next put would overwrite that entry and leave the slot's chain unreachable (or looping).
+        """
+        header = self._live_header()
+        index = header.index_count
+        if index >= self.max_index_count:
+            return False
+        mv = self.mapped.mv
+        entry_pos = self._entry_pos(index)
+        if not any(mv[entry_pos:entry_pos + INDEX_ENTRY_SIZE]):
+            return False
+        key_hash, _, _, prev = INDEX_ENTRY.unpack_from(mv, entry_pos)
+        slot_pos = self._slot_pos(key_hash)
+        if INDEX_SLOT.unpack_from(mv, slot_pos)[0] == index:
+            INDEX_SLOT.pack_into(mv, slot_pos, prev if INVALID_INDEX < prev < index else INVALID_INDEX)
+        mv[entry_pos:entry_pos + INDEX_ENTRY_SIZE] = bytes(INDEX_ENTRY_SIZE)
+        log.warning("%s: undid the torn put of entry %d (its header was never stored)", self.path, index)
+        return True
+
     def truncate_beyond(self, phy_end: int) -> int:
-        """Remove entries with phyOffset >= phy_end (newest first, restoring slot heads); returns count."""
-        header = self.header()
+        """Remove entries with phyOffset >= phy_end (newest first, restoring slot heads); returns count.
+
+        A torn put past the header's index_count is undone first (and not counted).
+        """
+        self.repair_torn_put()
+        header = self._live_header()
         mv = self.mapped.mv
         removed = 0
         index = header.index_count - 1
@@ -213,8 +312,23 @@ class IndexFile:
             else:
                 header.end_phy_offset = header.begin_phy_offset
                 header.end_timestamp_ms = header.begin_timestamp_ms
-            encode_index_header(mv, header)
+            self._store_header(header)
         return removed
+
+    def entries(self) -> Iterator[tuple[int, int, int, int, int]]:
+        """(index, key_hash, phy_offset, time_diff_s, prev_index) of entries 1..index_count-1, in order."""
+        count = self.header().index_count
+        start = self._entry_pos(1)
+        view = self.mapped.mv[start:self._entry_pos(max(count, 1))]
+        for index, entry in enumerate(INDEX_ENTRY.iter_unpack(view), 1):
+            yield (index, *entry)
+
+    def used_slots(self) -> Iterator[tuple[int, int]]:
+        """(slot, head index) of every non-empty slot."""
+        view = self.mapped.mv[INDEX_HEADER_SIZE:self._entries_pos]
+        for slot, (head,) in enumerate(INDEX_SLOT.iter_unpack(view)):
+            if head:
+                yield slot, head
 
     def flush(self) -> None:
         self.mapped.flush(0, self.mapped.file_size)
@@ -277,30 +391,41 @@ class IndexService:
 
     def put_key(self, topic: str, key: str, phy_offset: int, store_timestamp_ms: int) -> bool:
         """Index `topic#key` -> phy_offset in the newest file (rolling to a new file when full)."""
+        return self._put_hash(index_key_hash(build_key(topic, key)), phy_offset, store_timestamp_ms)
+
+    def _put_hash(self, key_hash: int, phy_offset: int, store_timestamp_ms: int) -> bool:
+        return self._file_for_put().put_hash(key_hash, phy_offset, store_timestamp_ms)
+
+    def _file_for_put(self) -> IndexFile:
+        """The newest file with room (rolling when full), noted as dirty for the next flush."""
         index_file = self._writable_last()
         if not self._dirty or self._dirty[-1] is not index_file:
             self._dirty.append(index_file)
-        return index_file.put_key(build_key(topic, key), phy_offset, store_timestamp_ms)
+        return index_file
 
     def build_for_record(self, phy_offset: int, record: MessageRecord) -> int:
-        """Index the record's UNIQ_KEY and each KEYS key (space-separated); returns keys put.
+        """Index the record's keys (`index_keys_of`); returns the number of keys put.
 
-        Rolled-back transactional records are skipped, as are records at or below the newest
-        file's endPhyOffset (already indexed: makes re-dispatch after a crash idempotent).
+        Records at or below the newest file's endPhyOffset are skipped (already indexed: a safety
+        net; recovery and the dispatcher cut the entries past their resume point before
+        re-indexing). Runs per dispatched record: about 2 us per key (docs/BENCHMARKS.md).
         """
-        if record.sys_flag & SysFlag.TRANSACTION_MASK == SysFlag.TRANSACTION_ROLLBACK:
+        keys = index_keys_of(record)
+        if not keys:
             return 0
         if self.files:
-            header = self.files[-1].header()
-            if header.index_count > 1 and phy_offset <= header.end_phy_offset:
+            newest = self.files[-1].end_phy_offset()
+            if newest is not None and phy_offset <= newest:
                 return 0
-        keys = [record.properties.get(Prop.UNIQ_KEY, "")]
-        keys += record.properties.get(Prop.KEYS, "").split(Prop.KEY_SEPARATOR)
-        put = 0
+        prefix = record.topic + "#"  # build_key, inlined
+        store_ms = record.store_timestamp_ms
+        index_file = self._file_for_put()  # once per record, not per key: this is the hot path
         for key in keys:
-            if key:
-                put += self.put_key(record.topic, key, phy_offset, record.store_timestamp_ms)
-        return put
+            key_hash = index_key_hash(prefix + key)
+            if not index_file.put_hash(key_hash, phy_offset, store_ms):
+                index_file = self._file_for_put()  # that file is full: roll to a new one
+                index_file.put_hash(key_hash, phy_offset, store_ms)
+        return len(keys)
 
     def query(self, topic: str, key: str, max_num: int = 64, begin_ms: int = 0,
               end_ms: int = 2**63 - 1) -> list[int]:
@@ -319,8 +444,17 @@ class IndexService:
                 break
         return found
 
+    def last_update(self) -> tuple[int, int]:
+        """(endTimestamp ms, endPhyOffset) of the newest file: how far the index reaches; (0, 0) if empty."""
+        if not self.files:
+            return 0, 0
+        header = self.files[-1].header()
+        return header.end_timestamp_ms, header.end_phy_offset
+
     def truncate_beyond(self, phy_end: int) -> int:
-        """Remove entries at or past the CommitLog end `phy_end` (only newest files); returns count."""
+        """Remove entries pointing at or past `phy_end` (only newest files); returns count.
+
+        Recovery and a restarting dispatcher pass the position they re-index from."""
         removed = 0
         for index_file in reversed(self.files):
             removed += index_file.truncate_beyond(phy_end)
@@ -354,19 +488,76 @@ class IndexService:
         self.files = []
 
 
+def infer_geometry(path: str) -> tuple[int, int] | None:
+    """(max_hash_slots, max_index_count) of an existing index file; None if it has no entry yet.
+
+    RocketMQ's header does not record them, so `rmqd inspect`/`verify` find them from the bytes:
+    the newest entry (index_count - 1) holds the file's last non-zero byte (or the one before a
+    torn put) and points at endPhyOffset, and entry 1 at beginPhyOffset. RocketMQ's ratio of 4
+    entries per slot is tried first. Raises CorruptFileError if no geometry fits.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = decode_index_header(f.read(INDEX_HEADER_SIZE))
+        count = header.index_count
+        if count <= 1:
+            return None
+        candidates = []
+        if (size - INDEX_HEADER_SIZE) % (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE) == 0:
+            candidates.append((size - INDEX_HEADER_SIZE) // (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE))
+        last = _last_non_zero_byte(f.fileno(), size)
+        for newest in (count - 1, count):
+            low = last - INDEX_HEADER_SIZE - (newest + 1) * INDEX_ENTRY_SIZE + 1
+            candidates += [slots_bytes // INDEX_SLOT_SIZE for slots_bytes in range(max(low, 4), low + 20)
+                           if slots_bytes % INDEX_SLOT_SIZE == 0]
+        for slots in candidates:
+            entries_bytes = size - INDEX_HEADER_SIZE - slots * INDEX_SLOT_SIZE
+            if entries_bytes % INDEX_ENTRY_SIZE or entries_bytes // INDEX_ENTRY_SIZE < count:
+                continue
+            entries_pos = INDEX_HEADER_SIZE + slots * INDEX_SLOT_SIZE
+            first = INDEX_ENTRY.unpack(os.pread(f.fileno(), INDEX_ENTRY_SIZE, entries_pos + INDEX_ENTRY_SIZE))
+            newest_entry = INDEX_ENTRY.unpack(
+                os.pread(f.fileno(), INDEX_ENTRY_SIZE, entries_pos + (count - 1) * INDEX_ENTRY_SIZE))
+            if first[1] == header.begin_phy_offset and newest_entry[1] == header.end_phy_offset:
+                return slots, entries_bytes // INDEX_ENTRY_SIZE
+    raise CorruptFileError(path, 0, "index file geometry",
+                           f"hash slots and entries matching endPhyOffset {header.end_phy_offset}",
+                           f"none of {len(candidates)} candidates")
+
+
+def _last_non_zero_byte(fd: int, size: int, chunk_size: int = 1 << 16) -> int:
+    """Position of the last non-zero byte (-1 if none); skips holes of sparse files (SEEK_HOLE)."""
+    data_end = size
+    try:
+        pos, data_end = 0, 0
+        while pos < size:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            pos = data_end = os.lseek(fd, start, os.SEEK_HOLE)
+    except OSError as err:
+        if err.errno != errno.ENXIO:  # ENXIO: no data past pos; anything else: no SEEK_DATA here
+            data_end = size
+    end = data_end
+    while end > 0:
+        start = max(0, end - chunk_size)
+        chunk = os.pread(fd, end - start, start).rstrip(b"\0")
+        if chunk:
+            return start + len(chunk) - 1
+        end = start
+    return -1
+
+
 def describe_file(path: str, limit: int = 50, *, max_hash_slots: int | None = None,
                   max_index_count: int | None = None) -> dict:
     """Header and the first `limit` entries of an index file (for `rmqd inspect index`).
 
-    Without explicit sizes, assumes RocketMQ's ratio of 4 entries per hash slot (5M / 20M).
+    Without explicit sizes they are inferred from the file (`infer_geometry`).
     """
-    size = os.path.getsize(path)
     if max_hash_slots is None or max_index_count is None:
-        if (size - INDEX_HEADER_SIZE) % (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE):
-            raise ValueError(
-                f"{path}: {size} bytes is not 40 + 84 * slots; pass max_hash_slots and max_index_count")
-        max_hash_slots = (size - INDEX_HEADER_SIZE) // (INDEX_SLOT_SIZE + 4 * INDEX_ENTRY_SIZE)
-        max_index_count = 4 * max_hash_slots
+        geometry = infer_geometry(path)
+        if geometry is None:  # no entry: any geometry shows the same header
+            size = os.path.getsize(path)
+            geometry = ((size - INDEX_HEADER_SIZE) // INDEX_SLOT_SIZE, 0)
+        max_hash_slots, max_index_count = geometry
     index_file = IndexFile.open(path, max_hash_slots, max_index_count, readonly=True)
     try:
         header = index_file.header()

@@ -69,6 +69,23 @@ class MappedFile:
         prepare_file(path, file_size, warm=warm, sparse=sparse)
         return cls.open(path, file_size, readonly=False)
 
+    def reserve(self, start_file_pos: int, end_file_pos: int) -> None:
+        """Allocate the blocks of [start, end) of a sparse file before writing there through the map.
+
+        A write fault on a hole of a sparse file must allocate a block; on a full disk that fails
+        with SIGBUS, which kills the process (PERFORMANCE_NOTES, mmap pitfalls). posix_fallocate
+        fails with OSError(ENOSPC) instead, which the writer of the file can handle. Cheap on
+        ranges already allocated. Raises OSError.
+        """
+        end_file_pos = min(end_file_pos, self.file_size)
+        if end_file_pos <= start_file_pos:
+            return
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, start_file_pos, end_file_pos - start_file_pos)
+        finally:
+            os.close(fd)
+
     def flush(self, start_file_pos: int, end_file_pos: int) -> None:
         """msync(MS_SYNC) bytes [start_file_pos, end_file_pos); the start is rounded down to a page."""
         if end_file_pos <= start_file_pos or self.readonly:

@@ -317,12 +317,31 @@ def decode_record(buf, file_pos: int, *, verify_crc: bool = True, limit: int | N
     )
 
 
+# java_string_hash's fast path evaluates the polynomial sum(c[i] * 31^(n-1-i)) with int(text, 31):
+# each ASCII code c = 31*q + r is split into two base-31 digits by bytes.translate, and
+#   sum(c[i] * 31^(n-1-i)) = int(q digits + "0", 31) + int(r digits, 31).
+# Both steps run in C: 0.4 us instead of 2.2 us for a 45-character topic#key (the dispatcher
+# hashes every UNIQ_KEY and KEYS). int() of a long non-power-of-2 base string is quadratic (and
+# limited to 4300 digits), so long strings keep the loop.
+_BASE31_DIGITS = b"0123456789abcdefghijklmnopqrstu"
+_ASCII_TO_QUOTIENT_DIGIT = bytes(_BASE31_DIGITS[code // 31] for code in range(128)) + bytes(128)
+_ASCII_TO_REMAINDER_DIGIT = bytes(_BASE31_DIGITS[code % 31] for code in range(128)) + bytes(128)
+_FAST_HASH_MAX_CHARS = 1024
+
+
 def java_string_hash(s: str) -> int:
     """Java `String.hashCode()`: s[0]*31^(n-1) + ... over UTF-16 code units, as a signed 32-bit int.
 
     Characters outside the BMP count as two code units (a surrogate pair), as in Java.
     """
     if s.isascii():
+        if not s:
+            return 0
+        if len(s) <= _FAST_HASH_MAX_CHARS:
+            raw_ascii = s.encode("ascii")
+            h = (int(raw_ascii.translate(_ASCII_TO_QUOTIENT_DIGIT) + b"0", 31)
+                 + int(raw_ascii.translate(_ASCII_TO_REMAINDER_DIGIT), 31)) & 0xFFFFFFFF
+            return h - 0x100000000 if h & 0x80000000 else h
         units: bytes | tuple[int, ...] = s.encode("ascii")
     else:
         raw = s.encode("utf-16-be")

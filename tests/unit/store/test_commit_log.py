@@ -221,3 +221,25 @@ def test_zeroing_the_last_record_from_any_byte_on_cuts_that_whole_record(store_d
         expected = end if intact[cut:end] == bytes(end - cut) else phys[1]
         assert log.recover(0) == expected, f"cut at {cut}"
         log.close()
+
+
+def test_boundary_before_finds_a_record_start_at_least_a_window_back_within_the_file(store_dir, batch):
+    log = CommitLog(store_dir, COMMITLOG_FILE_SIZE, readonly=False)
+    phys = _fill(log, batch, 150)  # ~1.1 KB records over 3 files
+    end = log.write_pos
+    assert log.boundary_before(end, 1) == phys[-1]
+    assert log.boundary_before(phys[-1], 3000) == phys[-4]
+    second_file = COMMITLOG_FILE_SIZE
+    assert log.boundary_before(phys[-1], 10 * COMMITLOG_FILE_SIZE) == 2 * second_file  # file start
+    first_of_second = next(p for p in phys if p >= second_file)
+    before_blank = max(p for p in phys if p < second_file)
+    assert log.boundary_before(first_of_second, 1) == before_blank + log.read_record(before_blank).total_size
+    assert log.boundary_before(0, 1000) == 0
+
+
+def test_boundary_before_stops_at_a_size_that_cannot_be_right(store_dir, batch):
+    log = CommitLog(store_dir, COMMITLOG_FILE_SIZE, readonly=False)
+    phys = _fill(log, batch, 20)
+    mapped, file_pos = log.queue.find(phys[5])
+    mapped.mv[file_pos:file_pos + 4] = (10**9).to_bytes(4, "big")  # record 5's TOTALSIZE garbled
+    assert log.boundary_before(log.write_pos, 1) == phys[5]

@@ -17,6 +17,7 @@ from rmqd.store.index_file import (
     index_file_name,
     index_file_size,
     index_key_hash,
+    infer_geometry,
 )
 
 BEGIN_MS = 1_700_000_000_000
@@ -120,3 +121,39 @@ def test_a_file_of_the_wrong_size_is_refused(store_dir):
     _service(store_dir).put_key("T", "a", 1, BEGIN_MS)
     with pytest.raises(CorruptFileError, match="file length"):
         _service(store_dir, slots=9)
+
+
+def test_a_put_torn_before_its_header_store_is_undone_and_the_chain_stays_whole(tmp_path):
+    # Given three entries of one key, then a fourth whose entry and slot were stored but not its
+    # header (the dispatcher was killed between the stores)
+    index_file = IndexFile.create(str(tmp_path / "20240101000000000"), 4, 16)
+    for phy in (100, 200, 300):
+        index_file.put_key("T#k", phy, BEGIN_MS)
+    header_before = bytes(index_file.mapped.mv[:40])
+    index_file.put_key("T#k", 400, BEGIN_MS)
+    index_file.mapped.mv[:40] = header_before
+    index_file = IndexFile.open(index_file.path, 4, 16, readonly=False)
+    # When the writer's recovery cuts nothing past the CommitLog end
+    assert index_file.truncate_beyond(10_000) == 0
+    # Then the torn entry is gone, the chain reaches every entry, and the next put links to it
+    out: list[int] = []
+    index_file.select("T#k", 64, 0, 2**62, out)
+    assert out == [300, 200, 100]
+    index_file.put_key("T#k", 500, BEGIN_MS)
+    out = []
+    index_file.select("T#k", 64, 0, 2**62, out)
+    assert out == [500, 300, 200, 100]
+
+
+@pytest.mark.parametrize(("slots", "count", "puts"), [(8, 16, 5), (4, 16, 15), (1000, 4000, 300), (7, 3, 2)])
+def test_the_geometry_of_a_file_is_inferred_from_its_bytes(tmp_path, slots, count, puts):
+    index_file = IndexFile.create(str(tmp_path / "20240101000000000"), slots, count)
+    for i in range(puts):
+        index_file.put_key(f"T#key-{i}", 1000 + 10 * i, BEGIN_MS + i)
+    index_file.flush()
+    assert infer_geometry(index_file.path) == (slots, count)
+
+
+def test_an_index_file_without_entries_has_no_geometry_to_infer(tmp_path):
+    index_file = IndexFile.create(str(tmp_path / "20240101000000000"), 8, 16)
+    assert infer_geometry(index_file.path) is None

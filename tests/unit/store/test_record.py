@@ -164,6 +164,23 @@ def test_java_string_hash_wraps_like_a_signed_32_bit_int():
     assert -(2**31) <= expected < 2**31
 
 
+def _reference_java_hash(text: str) -> int:
+    value = 0
+    for unit in text.encode("ascii"):
+        value = (value * 31 + unit) % 2**32
+    return value - 2**32 if value >= 2**31 else value
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=1100))
+def test_java_string_hash_fast_path_agrees_with_the_loop_for_any_ascii_string(text):
+    assert r.java_string_hash(text) == _reference_java_hash(text)
+
+
+def test_java_string_hash_of_long_strings_takes_the_loop_and_agrees():
+    text = "k" * 5000  # past the fast path (int() of > 4300 digits is refused by CPython)
+    assert r.java_string_hash(text) == _reference_java_hash(text)
+
+
 def test_tags_hash_is_zero_without_tags():
     assert r.tags_hash(None) == 0 and r.tags_hash("") == 0 and r.tags_hash("TagA") == 2598919
 

@@ -68,9 +68,20 @@ def _zero_from(store_dir: str, phy: int) -> None:
         f.write(bytes(CL_FILE_SIZE - phy % CL_FILE_SIZE))
 
 
-def _recover(store_dir: str, abnormal: bool = True):
+def _xor_byte(store_dir: str, phy: int) -> None:
+    name = os.path.join(store_dir, "commitlog", f"{phy - phy % CL_FILE_SIZE:020d}")
+    with open(name, "r+b") as f:
+        f.seek(phy % CL_FILE_SIZE)
+        old = f.read(1)[0]
+        f.seek(phy % CL_FILE_SIZE)
+        f.write(bytes([old ^ 0x5A]))
+
+
+def _recover(store_dir: str, abnormal: bool = True, recheck_bytes: int = 1):
+    """recheck_bytes=1: re-validate only the last record before the checkpoint (exact counts below)."""
     return recover_store(store_dir, commitlog_file_size=CL_FILE_SIZE, cq_file_size=CQ_FILE_SIZE,
-                         abnormal=abnormal, index_enabled=True, max_hash_slots=64, max_index_count=50)
+                         abnormal=abnormal, index_enabled=True, max_hash_slots=64, max_index_count=50,
+                         recheck_bytes=recheck_bytes)
 
 
 def _expected_units(records, upto_index):
@@ -101,7 +112,7 @@ def test_abnormal_recovery_cuts_the_torn_tail_and_rebuilds_consume_queues(store_
     result = _recover(store_dir)
     # Then the log ends before record 90, and every queue holds exactly the units of records 0..89
     assert result.write_pos == builder.records[90][0]
-    assert result.records_scanned == 30  # from min(cq_dispatch_pos, commitlog_flush_pos): bounded work
+    assert result.records_scanned == 31  # from the record before min(cq_dispatch_pos, flush): bounded
     assert result.truncated_bytes > 0 and result.cq_units_cut == 10
     expected = _expected_units(builder.records, 90)
     assert _units_on_disk(store_dir) == expected
@@ -134,13 +145,13 @@ def test_prepared_and_rolled_back_records_get_no_consume_queue_unit(store_dir, b
     assert _units_on_disk(store_dir) == _expected_units(builder.records, 15)
 
 
-def test_a_second_recovery_after_a_clean_stop_scans_nothing(store_dir, batch):
+def test_a_second_recovery_after_a_clean_stop_scans_only_the_last_record(store_dir, batch):
     builder = StoreBuilder(store_dir, batch)
     builder.append(40)
     builder.close()
     first = _recover(store_dir)
     again = _recover(store_dir, abnormal=False)
-    assert again.write_pos == first.write_pos and again.records_scanned == 0
+    assert again.write_pos == first.write_pos and again.records_scanned == 1
     assert again.truncated_bytes == 0 and again.queue_offsets == first.queue_offsets
 
 
@@ -163,8 +174,9 @@ def test_recovering_an_empty_store_gives_position_zero(store_dir):
     assert Checkpoint(os.path.join(store_dir, "checkpoint")).load() == CheckpointData()
 
 
-@pytest.mark.parametrize(("indexed_upto", "cut", "rebuilt"), [(35, 10, 0), (25, 0, 10)])
-def test_index_entries_past_the_end_are_cut_and_keys_past_the_checkpoint_are_re_indexed(
+# Entries from the index checkpoint (record 20) on are cut and records 20..29 re-indexed, 2 keys each.
+@pytest.mark.parametrize(("indexed_upto", "cut", "rebuilt"), [(35, 30, 20), (25, 10, 20)])
+def test_index_entries_past_the_checkpoint_are_cut_and_re_indexed_up_to_the_end(
         store_dir, batch, indexed_upto, cut, rebuilt):
     # Given 40 keyed records (2 keys each), indexed up to `indexed_upto` (checkpoint: 20), torn in record 30
     builder = StoreBuilder(store_dir, batch)
@@ -190,12 +202,59 @@ def test_index_entries_past_the_end_are_cut_and_keys_past_the_checkpoint_are_re_
     assert Checkpoint(os.path.join(store_dir, "checkpoint")).load().index_dispatch_pos == result.write_pos
 
 
+def test_a_record_indexed_under_only_one_of_its_keys_is_re_indexed_under_all(store_dir, batch):
+    # Given 10 keyed records, the index checkpoint at record 5, and record 5 indexed under its
+    # first key only (the dispatcher was killed between two puts)
+    builder = StoreBuilder(store_dir, batch)
+    builder.append(10, keyed=True)
+    builder.dispatch(10)
+    builder.checkpoint(flush_index=9, dispatch_index=9, index_index=5)
+    index = IndexService(store_dir, max_hash_slots=64, max_index_count=50, readonly=False)
+    records = list(builder.log.iter_records(0, builder.log.write_pos))
+    for phy, rec in records[:5]:
+        index.build_for_record(phy, rec)
+    phy5, rec5 = records[5]
+    index.put_key(rec5.topic, "key-5", phy5, rec5.store_timestamp_ms)
+    index.close()
+    builder.close()
+    # When recovering
+    _recover(store_dir)
+    # Then record 5 is found under both keys, once each, and so are the records after it
+    index = IndexService(store_dir, max_hash_slots=64, max_index_count=50, readonly=True)
+    assert index.query(rec5.topic, "key-5") == [phy5]
+    assert sorted(index.query("TopicA", "common", max_num=100) + index.query("TopicB", "common", max_num=100)
+                  ) == [phy for phy, _ in records]
+
+
 def test_without_the_index_recovery_starts_at_the_consume_queue_checkpoint(store_dir, batch):
     builder = StoreBuilder(store_dir, batch)
     builder.append(30, keyed=True)
     builder.checkpoint(flush_index=29, dispatch_index=20, index_index=0)
     builder.close()
     result = recover_store(store_dir, commitlog_file_size=CL_FILE_SIZE, cq_file_size=CQ_FILE_SIZE,
-                           abnormal=True)
-    assert result.records_scanned == 10 and not os.path.exists(os.path.join(store_dir, "index"))
+                           abnormal=True, recheck_bytes=1)
+    assert result.records_scanned == 11 and not os.path.exists(os.path.join(store_dir, "index"))
     assert Checkpoint(os.path.join(store_dir, "checkpoint")).load().index_dispatch_pos == 0
+
+
+@pytest.mark.parametrize("damage", ["cut", "garble"])
+def test_a_last_record_damaged_after_a_clean_stop_is_found_and_cut(store_dir, batch, damage):
+    # Given a cleanly stopped store (checkpoint at the end) whose last record is then damaged
+    builder = StoreBuilder(store_dir, batch)
+    builder.append(30, keyed=True)
+    builder.dispatch(30)
+    builder.close()
+    first = _recover(store_dir, abnormal=False)
+    last_phy = builder.records[-1][0]
+    if damage == "cut":
+        _zero_from(store_dir, last_phy + 300)
+    else:
+        _xor_byte(store_dir, last_phy + 100)  # in the body: BODYCRC no longer matches
+    # When the broker starts normally again (default re-check window)
+    result = recover_store(store_dir, commitlog_file_size=CL_FILE_SIZE, cq_file_size=CQ_FILE_SIZE,
+                           abnormal=False, index_enabled=True, max_hash_slots=64, max_index_count=50)
+    # Then exactly that record is cut, with its ConsumeQueue unit and index entries
+    assert first.write_pos > last_phy and result.write_pos == last_phy
+    assert result.cq_units_cut == 1 and _units_on_disk(store_dir) == _expected_units(builder.records, 29)
+    index = IndexService(store_dir, max_hash_slots=64, max_index_count=50, readonly=True)
+    assert index.query("TopicB", "key-29") == [] and len(index.query("TopicA", "key-28")) == 1
