@@ -97,7 +97,7 @@ class Dispatcher(WorkerProcess):
         self.commit_log.refresh()
         end = self.dispatch_pos
         cq_store, delay_levels_ms, index = self.cq_store, self.delay_levels_ms, self.index
-        records = self.commit_log.iter_records(self.dispatch_pos, target, verify_crc=False)
+        records = self.commit_log.iter_dispatch(self.dispatch_pos, target)
         try:
             for phy_offset, record in records:
                 if dispatch_record_to_cq(cq_store, phy_offset, record, delay_levels_ms):

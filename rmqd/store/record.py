@@ -146,6 +146,54 @@ class MessageRecord(NamedTuple):
     properties: dict[str, str]
 
 
+class DispatchRecord(NamedTuple):
+    """The fields of a record that ConsumeQueue and index building need (no body, no CRC check).
+
+    Attribute names match MessageRecord's, so code that builds units or index keys takes either.
+    """
+
+    total_size: int
+    magic: int
+    queue_id: int
+    queue_offset: int
+    sys_flag: int
+    store_timestamp_ms: int
+    topic: str
+    properties: dict[str, str]
+
+
+# TOTALSIZE, MAGIC, (BODYCRC), QUEUEID, (FLAG), QUEUEOFFSET, (PHYSICALOFFSET), SYSFLAG,
+# (BORNTIMESTAMP, BORNHOST), STORETIMESTAMP, (STOREHOST, RECONSUMETIMES, PREPAREDTX), BODYLENGTH
+DISPATCH_HEAD = struct.Struct(">iI4xi4xq8xi16xq20xi")
+_TOPIC_CACHE: dict[bytes, str] = {}
+
+
+def decode_dispatch(buf, file_pos: int) -> DispatchRecord:
+    """Read only what dispatching needs from the record at `file_pos` (the dispatcher's hot path).
+
+    About 3x cheaper than `decode_record`: one unpack for the fixed fields, topic names interned,
+    no body copy and no CRC. Trusts the record: only call it below the writer's published
+    position, where every record is whole (recovery validates with `decode_record`).
+    """
+    total_size, magic, queue_id, queue_offset, sys_flag, store_ms, body_len = DISPATCH_HEAD.unpack_from(
+        buf, file_pos)
+    pos = file_pos + BODY_POS + body_len
+    if magic == MESSAGE_MAGIC_V2:
+        topic_len = TOPIC_LEN_V2.unpack_from(buf, pos)[0]
+        pos += 2
+    else:
+        topic_len = buf[pos]
+        pos += 1
+    raw_topic = bytes(buf[pos:pos + topic_len])
+    topic = _TOPIC_CACHE.get(raw_topic)
+    if topic is None:
+        topic = _TOPIC_CACHE[raw_topic] = raw_topic.decode()
+    pos += topic_len
+    props_len = PROPERTIES_LEN.unpack_from(buf, pos)[0]
+    props = decode_properties(buf[pos + 2:pos + 2 + props_len]) if props_len > 0 else {}
+    return DispatchRecord(total_size, magic, queue_id, queue_offset, sys_flag, store_ms, topic, props)
+
+
 def encode_properties(props: dict[str, str]) -> bytes:
     """`name\\x01value\\x02` for every pair (RocketMQ messageProperties2String), utf-8."""
     return "".join(f"{name}\x01{value}\x02" for name, value in props.items()).encode()
