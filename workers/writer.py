@@ -33,7 +33,6 @@ log = logging.getLogger("rmqd.writer")
 
 class Writer(WorkerProcess):
     name = "writer"
-    spin_ns = 50_000  # the front publishes bursts microseconds apart; see WorkerProcess._spin
 
     def setup(self) -> None:
         cfg = self.cfg
