@@ -174,6 +174,37 @@ def query_msg_by_id(
     _run(namesrv, as_json, lambda admin: _message_detail(admin.query_msg_by_id(msg_id)))
 
 
+@app.command("queryDLQMsg")
+def query_dlq_msg(
+    group: Annotated[str, typer.Option("-g", "--consumerGroup", help="Consumer group.")],
+    begin_offset: Annotated[int, typer.Option("-o", "--offset", min=0, help="First DLQ queue offset.")] = 0,
+    max_num: Annotated[int, typer.Option("-c", "--maxNum", min=1, max=4096, help="Most messages.")] = 64,
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Dead letters of a group (%DLQ%group), oldest first (docs/SCHEDULING.md)."""
+    from rmqd.client.dlq import dlq_messages
+
+    _run(namesrv, as_json, lambda admin: [
+        {**_message_row(m), "originTopic": m.properties.get("DLQ_ORIGIN_TOPIC", ""),
+         "originMsgId": m.properties.get("DLQ_ORIGIN_MESSAGE_ID", ""), "reconsumeTimes": m.reconsume_times}
+        for m in dlq_messages(admin, group, begin_offset=begin_offset, max_num=max_num)])
+
+
+@app.command("resendDLQMsg")
+def resend_dlq_msg(
+    group: Annotated[str, typer.Option("-g", "--consumerGroup", help="Consumer group.")],
+    msg_id: Annotated[str, typer.Option("-i", "--msgId", help="Offset message id of the dead letter.")],
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Send a dead letter back to its group (through %RETRY%group, retry budget reset)."""
+    from rmqd.client.dlq import resend_dlq_message
+
+    _run(namesrv, as_json, lambda admin: {"group": group, "msgId": msg_id,
+                                          "resentAs": resend_dlq_message(admin, group, msg_id)})
+
+
 def main() -> None:
     """Console-script entry point of `mqadmin`."""
     app(prog_name="mqadmin")

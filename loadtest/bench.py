@@ -35,6 +35,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                 "producer benchmark (RocketMQ benchmark Producer): TPS, RT, failures, msgs per fsync"),
     "report": ("loadtest.report", "add_arguments", "run",
                "render JSON results as a markdown table and a PNG plot"),
+    "workload": ("loadtest.workloads", "add_arguments", "run",
+                 "OpenMessaging Benchmark workloads: publish/consume msg/s, publish and end-to-end latency"),
 }
 
 

@@ -90,9 +90,33 @@ def overload_markdown(results: list[dict[str, Any]]) -> str:
     return markdown_table(header, rows) if rows else ""
 
 
+def workloads_markdown(results: list[dict[str, Any]]) -> str:
+    """Publish and consume side of `bench.py workload` results (those with end-to-end latencies)."""
+    rows = []
+    for r in results:
+        res = r.get("result", {})
+        if "e2e_ms" not in res:
+            continue
+        pub, e2e, backlog = res.get("rt_ms", {}), res["e2e_ms"], res.get("backlog", {})
+        rows.append([r.get("label", "?"), str(r.get("config", {}).get("queues", "-")),
+                     str(r.get("config", {}).get("body", "-")), fmt_rate(res.get("target_rate")),
+                     fmt_rate(res.get("msgs_per_s")), fmt_rate(res.get("consume_msgs_per_s")),
+                     " / ".join(fmt_ms(pub.get(k)) for k in ("p50", "p99", "p999")),
+                     " / ".join(fmt_ms(e2e.get(k)) for k in ("p50", "p99", "p999")),
+                     str(res.get("failed", "-")),
+                     f"{backlog['backlog_msgs']:,} in {backlog['build_s']:.0f} s" if backlog else "-",
+                     f"{backlog['drain_s']:.1f} s, {fmt_rate(backlog['drain_consume_msgs_per_s'])} msg/s"
+                     if backlog else "-"])
+    header = ("workload", "queues", "body B", "target msg/s", "publish msg/s", "consume msg/s",
+              "publish p50 / p99 / p99.9 ms", "end-to-end p50 / p99 / p99.9 ms", "failed", "backlog built",
+              "backlog drained")
+    return markdown_table(header, rows) if rows else ""
+
+
 def render_markdown(results: list[dict[str, Any]]) -> str:
     parts = [markdown_table(COLUMNS, [row(r) for r in results])]
-    for extra in (targets_markdown(results), overload_markdown(results), cpu_markdown(results)):
+    for extra in (workloads_markdown(results), targets_markdown(results), overload_markdown(results),
+                  cpu_markdown(results)):
         if extra:
             parts.append(extra)
     return "\n\n".join(parts) + "\n"
@@ -118,8 +142,11 @@ def render_png(results: list[dict[str, Any]], path: str) -> None:
     for r in results:
         points = r.get("intervals", [])
         if points:
-            ax_time.plot([p["t"] for p in points], [p["msgs_per_s"] for p in points], marker=".",
-                         label=r.get("label"))
+            line, = ax_time.plot([p["t"] for p in points], [p["msgs_per_s"] for p in points], marker=".",
+                                 label=r.get("label"))
+        if points and "consume_msgs_per_s" in points[0]:  # bench.py workload: the consumer too
+            ax_time.plot([p["t"] for p in points], [p["consume_msgs_per_s"] for p in points], linestyle="--",
+                         color=line.get_color(), label=f"{r.get('label')} (consume)")
     ax_time.set_xlabel("seconds since measuring began")
     ax_time.set_ylabel("msg/s per interval (log)")
     ax_time.set_yscale("symlog", linthresh=1000)

@@ -131,6 +131,7 @@ POSITIONS_OFFSET = 128
 
 PROCESS_SLOTS: tuple[str, ...] = (
     "supervisor", "namesrv", "writer", "flusher", "dispatcher", "cleaner", "holder", "front", "metrics",
+    "scheduler",
 )
 HEARTBEAT_SLOTS = 16  # PROCESS_SLOTS + 7 spares for future processes
 HEARTBEATS_OFFSET = POSITIONS_OFFSET + POSITION_LINES * LINE_SIZE  # 2176

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import zmq
 
+from rmqd.broker import retry as retry_logic
+from rmqd.broker import schedule
 from rmqd.broker import send as send_logic
 from rmqd.broker.admin import AdminHandlers, ConsumerGroups, Reply, open_index_reader
 from rmqd.broker.consumer_offsets import ConsumerOffsetManager
@@ -107,6 +109,8 @@ class Front(WorkerProcess):
             self.poller.register(doorbell.fileno(), zmq.POLLIN)
         self.send_rt = SendRtRecorder(self.positions)  # send RT histogram for the metrics process
         self.pending: dict[int, PendingSend] = {}
+        self.backlog_since = 0.0  # monotonic time since the ROUTER socket has not been drained
+        self.round_sends = 0
         self.sync_waiting: collections.deque[tuple[int, float, PendingSend, ar.AppendResult]] = (
             collections.deque()
         )
@@ -165,7 +169,9 @@ class Front(WorkerProcess):
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an answer to a vanished client raises, not vanishes
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
-        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        # Per client: beyond this the client's own queue (and TCP) hold its requests. Requests the
+        # front cannot serve within 200 ms are refused with SYSTEM_BUSY (_flow_control).
+        self.router.setsockopt(zmq.RCVHWM, 1000)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # larger frames drop the peer
         self.router.bind(f"tcp://{cfg.brokerIP1}:{cfg.listenPort}")
         self.poller = zmq.Poller()
@@ -209,10 +215,12 @@ class Front(WorkerProcess):
             doorbell.disarm()
 
     def _serve_requests(self) -> None:
+        self.round_sends = 0
         for _ in range(MAX_REQUESTS_PER_ROUND):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                self.backlog_since = 0.0  # caught up: the socket is empty
                 break
             if len(frames) != 2:
                 log.warning(
@@ -222,6 +230,8 @@ class Front(WorkerProcess):
                 )
                 continue
             self._serve(frames[0], frames[1])
+        else:  # a whole round and still more waiting: requests are queueing in front of us
+            self.backlog_since = self.backlog_since or time.monotonic()
         for dealer in self.namesrvs:
             self._drain_namesrv(dealer)
 
@@ -254,7 +264,10 @@ class Front(WorkerProcess):
         if code == RequestCode.PULL_MESSAGE:
             return self.process_pull(identity, cmd, frame, allow_suspend=True)
         if code == RequestCode.HEART_BEAT:  # the identity is where NOTIFY_CONSUMER_IDS_CHANGED goes
+            retry_logic.ensure_retry_topics(cmd.body, self.topics, self._register_now)  # %RETRY%group
             return self.admin.heartbeat(cmd, identity)
+        if code == RequestCode.CONSUMER_SEND_MSG_BACK:
+            return self.process_send_back(identity, cmd)
         handler = self.admin.table.get(code)
         if handler is None:
             return Reply(
@@ -313,13 +326,45 @@ class Front(WorkerProcess):
         )
         if isinstance(prepared, send_logic.Rejection):
             return Reply(prepared.code, prepared.remark)
+        scheduled = schedule.maybe_redirect(prepared, batch=batch, cfg=self.cfg)  # DELAY / TIMER_DELIVER_MS
+        if scheduled is not None:
+            if isinstance(scheduled, send_logic.Rejection):
+                return Reply(scheduled.code, scheduled.remark)
+            prepared = scheduled
+        return self._hand_to_writer(identity, cmd.opaque, prepared)
+
+    def process_send_back(self, identity: bytes | None, cmd: Command) -> Reply | None:
+        """CONSUMER_SEND_MSG_BACK: the retry (or DLQ) copy goes through the send path (broker/retry.py)."""
+        prepared = retry_logic.build_send_back(cmd.fields, self.commit_log, self.topics,
+                                               on_topic_created=self._register_now)
+        if not isinstance(prepared, send_logic.Rejection):
+            prepared = schedule.maybe_redirect(prepared, batch=False, cfg=self.cfg) or prepared
+        if isinstance(prepared, send_logic.Rejection):
+            return Reply(prepared.code, prepared.remark)
         return self._hand_to_writer(identity, cmd.opaque, prepared)
 
     def _flow_control(self) -> str:
+        """RocketMQ's send-queue rules: SYSTEM_BUSY at once instead of letting requests age.
+
+        Two queues can grow: sends handed to the writer and not yet acknowledged (`pending`), and
+        requests waiting in our own socket while this process is the bottleneck (`backlog_since`:
+        the socket has not been empty for that long). A request that would wait more than
+        waitTimeMillsInSendQueue (200 ms) in either is refused; refusing costs a few microseconds,
+        so the front drains its socket fast and the backlog, and memory, stay bounded (per client:
+        RCVHWM requests in our socket; sends in flight: MAX_PENDING_SENDS).
+        """
+        now = time.monotonic()
+        self.round_sends += 1
+        # Backlogged: serve the first half of each round's sends and refuse the rest, so the front
+        # keeps storing at about its capacity while it answers the excess at once.
+        if (self.backlog_since and now - self.backlog_since > self.wait_time_s
+                and self.round_sends > MAX_REQUESTS_PER_ROUND // 2):
+            return (f"[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, "
+                    f"period in queue: {(now - self.backlog_since) * 1000:.0f}ms")
         if len(self.pending) >= MAX_PENDING_SENDS:
             return f"[TOO_MANY_REQUESTS]broker busy: {len(self.pending)} sends in flight; retry later"
         if self.pending:
-            waited_s = time.monotonic() - next(iter(self.pending.values())).created
+            waited_s = now - next(iter(self.pending.values())).created
             if waited_s > self.wait_time_s:
                 return (
                     f"[TIMEOUT_CLEAN_QUEUE]broker busy, start flow control for a while, "

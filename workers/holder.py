@@ -12,6 +12,10 @@ A parked pull is woken when (a) an arrival shows its queue's max offset beyond t
 announced them between the front's read and our registration: no wake-up is lost), (c) its
 deadline passes (the front then answers NO_NEW_MSG), or (d) the once-a-second re-check of every
 parked queue finds new units (covers arrivals dropped while the arrival ring was full).
+
+A pull is never dropped: when the wake ring is full it stays parked and is tried again every
+WAKE_RETRY_MS until the front has made room, so its client is answered a little late rather than
+left to its own 18 s network timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from workers.base import WorkerProcess, run_from_argv
 log = logging.getLogger("rmqd.holder")
 RECHECK_INTERVAL_S = 1.0
 MAX_PARKED = 100_000  # beyond this a pull is answered at once instead of parked (memory bound)
+WAKE_RETRY_MS = 10  # a pull that found the wake ring full is tried again this much later
 
 
 class Holder(WorkerProcess):
@@ -49,12 +54,14 @@ class Holder(WorkerProcess):
         self.parked_count = 0
         self.seq = 0
         self.woken: set[int] = set()  # ids of pulls already woken (lazy deletion from the heap)
+        self.wake_later: dict[tuple[bytes, int], int] = {}  # queue -> max offset, wake ring was full
         self.next_recheck = time.monotonic() + RECHECK_INTERVAL_S
         self.add_wait_source(self.park_ring.doorbell, self.park_ring.ready)
         self.add_wait_source(self.arrival_ring.doorbell, self.arrival_ring.ready)
 
     def run_once(self) -> bool:
-        did = self._take_arrivals()
+        did = self._retry_wakes()
+        did |= self._take_arrivals()
         did |= self._take_parks()
         now_ms = time.time_ns() // 1_000_000
         did |= self._expire(now_ms)
@@ -71,9 +78,8 @@ class Holder(WorkerProcess):
             if (
                 self.parked_count >= MAX_PARKED
                 or self._max_offset(pull.topic, pull.queue_id) > pull.queue_offset
-            ):
-                self._wake(pull, track=False)  # never entered the deadline heap
-                continue
+            ) and self._wake(pull, track=False):
+                continue  # answered at once: it never enters the deadline heap
             self.parked.setdefault((pull.topic, pull.queue_id), []).append(pull)
             self.seq += 1
             heapq.heappush(self.deadlines, (pull.deadline_ms, self.seq, pull))
@@ -95,11 +101,13 @@ class Holder(WorkerProcess):
             return
         keep = []
         for pull in pulls:
-            if max_offset > pull.queue_offset:
-                self._wake(pull)
+            if max_offset <= pull.queue_offset:
+                keep.append(pull)
+            elif self._wake(pull):
                 self.parked_count -= 1
             else:
                 keep.append(pull)
+                self.wake_later[key] = max(max_offset, self.wake_later.get(key, 0))
         if keep:
             self.parked[key] = keep
         else:
@@ -114,14 +122,27 @@ class Holder(WorkerProcess):
                 continue
             key = (pull.topic, pull.queue_id)
             pulls = self.parked.get(key, [])
-            if pull in pulls:
-                pulls.remove(pull)
-                if not pulls:
-                    del self.parked[key]
-                self.parked_count -= 1
-                self._wake(pull, track=False)
-                expired = True
+            if pull not in pulls:
+                continue
+            if not self._wake(pull, track=False):  # wake ring full: try again shortly
+                heapq.heappush(self.deadlines, (now_ms + WAKE_RETRY_MS, _seq, pull))
+                break
+            pulls.remove(pull)
+            if not pulls:
+                del self.parked[key]
+            self.parked_count -= 1
+            expired = True
         return expired
+
+    def _retry_wakes(self) -> bool:
+        """Wake the pulls that found the wake ring full last time."""
+        if not self.wake_later:
+            return False
+        before = self.parked_count
+        retry, self.wake_later = self.wake_later, {}
+        for key, max_offset in retry.items():
+            self._wake_queue(key, max_offset)
+        return self.parked_count != before
 
     def _recheck_all(self) -> bool:
         before = self.parked_count
@@ -135,21 +156,26 @@ class Holder(WorkerProcess):
         except (OSError, ValueError):
             return 0
 
-    def _wake(self, pull: ParkedPull, *, track: bool = True) -> None:
-        """Hand `pull` back to the front; `track` marks it woken so its heap entry is skipped."""
+    def _wake(self, pull: ParkedPull, *, track: bool = True) -> bool:
+        """Hand `pull` back to the front; `track` marks it woken so its heap entry is skipped.
+        False when the wake ring is full (the caller keeps the pull parked)."""
         view = self.wake_ring.reserve(parked_pull_size(pull.topic, pull.identity, pull.frame))
         if view is None:
-            log.warning("wake ring full; the client's pull will time out and be retried")
-            return
+            self.wake_ring.publish()  # let the front drain what is already there
+            log.debug("wake ring full; %d pulls stay parked until the front catches up", self.parked_count)
+            return False
         encode_parked_pull(view, pull)
         self.wake_ring.commit(0)
         if track:
             self.woken.add(id(pull))
+        return True
 
     def idle_timeout(self) -> float:
         timeout = self.next_recheck - time.monotonic()
         if self.deadlines:
             timeout = min(timeout, self.deadlines[0][0] / 1000.0 - time.time())
+        if self.wake_later:
+            timeout = min(timeout, WAKE_RETRY_MS / 1000.0)
         return max(0.001, timeout)
 
 

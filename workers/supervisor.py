@@ -61,12 +61,13 @@ PROCESSES = (
     ("cleaner", "workers.cleaner", "writer", RESTART),
     ("holder", "workers.holder", "dispatcher", RESTART),  # parked pulls time out client-side
     ("front", "workers.front", "holder", RESTART),  # unacked sends are retried
+    ("scheduler", "workers.scheduler", "front", RESTART),  # resumes from delayOffset.json (at-least-once)
     # Operations: metrics serves Prometheus, samples TPS and probes SELF_TEST_TOPIC through the front,
     # so it boots last and stops first; it holds no state, and its failure never stops the broker
     # beyond the restart budget (a busy metricsPort is retried inside it, not by restarts).
     ("metrics", "workers.metrics", "front", RESTART),
 )
-STOP_ORDER = ("metrics", "front", "holder", "writer", "dispatcher", "cleaner", "flusher")
+STOP_ORDER = ("metrics", "scheduler", "front", "holder", "writer", "dispatcher", "cleaner", "flusher")
 NAMESRV = "namesrv"
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0
 MAX_REBOOTS, REBOOT_WINDOW_S = 3, 300.0

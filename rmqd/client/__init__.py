@@ -1,6 +1,6 @@
-"""The rmqd SDK: producer, lite-pull consumer and admin client over ZeroMQ.
+"""The rmqd SDK: producer, push and lite-pull consumers and admin client over ZeroMQ.
 
-    from rmqd.client import Producer, LitePullConsumer, MQAdmin, Message, ...
+    from rmqd.client import Producer, PushConsumer, LitePullConsumer, MQAdmin, Message, ...
 
 Every object is thread-safe. rmqd.client imports only rmqd.protocol, rmqd.message, rmqd.errors and
 the pure record codec rmqd.store.record (pull responses carry raw CommitLog records).
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from rmqd.client.admin import MQAdmin
 from rmqd.client.consumer import LitePullConsumer
-from rmqd.client.producer import Producer
+from rmqd.client.producer import Producer, split_batch
+from rmqd.client.push_consumer import PushConsumer
 from rmqd.message import (
     ConsumeFromWhere,
     ConsumeStatus,
@@ -35,6 +36,8 @@ __all__ = [
     "Producer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
     "SendResult",
     "SendStatus",
+    "split_batch",
 ]

@@ -1,21 +1,40 @@
 """Consumer-side decisions that need no network: queue allocation, start offsets, subscriptions.
 
+Allocation strategies (RocketMQ AllocateMessageQueueStrategy; `allocation_strategy(name)` picks one
+by RocketMQ's name): each takes every queue of a topic, every client id of the group and this
+client's id, and returns the queues this client owns. Every member sorts both lists (and drops
+duplicate ids) first, so all members compute the same split and each queue gets exactly one owner
+once they all see the same consumer list.
+
+    AVG              (default) consecutive ranges, the first n % c clients one queue more
+    AVG_BY_CIRCLE    round robin: client i owns queues i, i + c, i + 2c, ...
+    CONSISTENT_HASH  a ring of 10 virtual nodes per client (MD5 of "clientId-i", first 4 bytes);
+                     a queue belongs to the first node at or after the hash of its
+                     "MessageQueue [topic=..., brokerName=..., queueId=...]" text, as RocketMQ
+                     hashes it; a client joining or leaving moves only the queues near its nodes
+
 Pure functions, thread-safe; the consumer gathers the inputs over the network and calls these.
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rmqd.errors import MQClientError
 from rmqd.message import RETRY_TOPIC_PREFIX, ConsumeFromWhere, MessageQueue
 from rmqd.store.record import tags_hash
 
 SUB_ALL = "*"
 TAG_SEPARATOR = "||"
+CONSISTENT_HASH_VIRTUAL_NODES = 10  # RocketMQ AllocateMessageQueueConsistentHash() default
+
+AllocateStrategy = Callable[[Sequence[MessageQueue], Sequence[str], str], list[MessageQueue]]
 
 
-def allocate_averagely(queues: list[MessageQueue], client_ids: list[str],
+def allocate_averagely(queues: Sequence[MessageQueue], client_ids: Sequence[str],
                        client_id: str) -> list[MessageQueue]:
     """The queues `client_id` owns (RocketMQ AllocateMessageQueueAveragely).
 
@@ -42,20 +61,84 @@ def allocate_averagely(queues: list[MessageQueue], client_ids: list[str],
     return [all_queues[(start + i) % queue_count] for i in range(max(0, count))]
 
 
+def allocate_averagely_by_circle(queues: Sequence[MessageQueue], client_ids: Sequence[str],
+                                 client_id: str) -> list[MessageQueue]:
+    """Round robin over the sorted lists (RocketMQ AllocateMessageQueueAveragelyByCircle):
+    client i of c owns queues i, i + c, i + 2c, ..."""
+    all_ids = sorted(set(client_ids))
+    if client_id not in all_ids:
+        return []
+    index = all_ids.index(client_id)
+    return sorted(queues)[index::len(all_ids)]
+
+
+def _ring_hash(key: str) -> int:
+    """RocketMQ ConsistentHashRouter's MD5Hash: the first 4 digest bytes as an unsigned number."""
+    return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big")
+
+
+def queue_text(queue: MessageQueue) -> str:
+    """RocketMQ's MessageQueue.toString(), the key the consistent-hash strategy hashes."""
+    return f"MessageQueue [topic={queue.topic}, brokerName={queue.broker_name}, queueId={queue.queue_id}]"
+
+
+def allocate_consistent_hash(queues: Sequence[MessageQueue], client_ids: Sequence[str], client_id: str,
+                             virtual_nodes: int = CONSISTENT_HASH_VIRTUAL_NODES) -> list[MessageQueue]:
+    """The queues whose ring position falls to `client_id` (RocketMQ AllocateMessageQueueConsistentHash).
+
+    Later nodes win hash ties, as in RocketMQ's TreeMap.put over the sorted client list.
+    """
+    all_ids = sorted(set(client_ids))
+    if client_id not in all_ids or not queues:
+        return []
+    ring: dict[int, str] = {}
+    for cid in all_ids:
+        for replica in range(virtual_nodes):
+            ring[_ring_hash(f"{cid}-{replica}")] = cid
+    points = sorted(ring)
+    owned = []
+    for queue in sorted(queues):
+        slot = bisect.bisect_left(points, _ring_hash(queue_text(queue)))
+        if ring[points[slot % len(points)]] == client_id:
+            owned.append(queue)
+    return owned
+
+
+ALLOCATE_STRATEGIES: dict[str, AllocateStrategy] = {
+    "AVG": allocate_averagely,
+    "AVG_BY_CIRCLE": allocate_averagely_by_circle,
+    "CONSISTENT_HASH": allocate_consistent_hash,
+}
+
+
+def allocation_strategy(strategy: str | AllocateStrategy) -> AllocateStrategy:
+    """A strategy by RocketMQ's name ("AVG", "AVG_BY_CIRCLE", "CONSISTENT_HASH"), or a callable
+    with the same signature as allocate_averagely, returned as is."""
+    if callable(strategy):
+        return strategy
+    found = ALLOCATE_STRATEGIES.get(str(strategy).upper())
+    if found is None:
+        raise MQClientError(f"unknown allocate strategy {strategy!r}; "
+                            f"use one of {sorted(ALLOCATE_STRATEGIES)}")
+    return found
+
+
 def compute_start_offset(
     consume_from: ConsumeFromWhere, topic: str, committed: int | None, min_offset: Callable[[], int],
-    max_offset: Callable[[], int], search_by_timestamp: Callable[[], int],
+    max_offset: Callable[[], int], search_by_timestamp: Callable[[], int], *, new_group_rule: bool = True,
 ) -> int:
     """Where a consumer starts on a queue (RocketMQ RebalancePushImpl.computePullFromWhere).
 
     1. A committed offset (>= 0) always wins.
-    2. RocketMQ's "new group" rule (broker side, ConsumerManageProcessor.queryConsumerOffset): with
-       no committed offset, a queue whose min offset is 0 (nothing deleted yet: a young topic, or
-       queues just added by scaling out) is consumed from 0, whatever ConsumeFromWhere says. This
-       makes a new group see every message of a young topic and never skip messages of new queues.
-       RocketMQ also requires the message at offset 0 to be still in memory; rmqd has no such
-       notion, so the rule is min offset == 0. The SDK applies the rule itself, so it holds whether
-       or not the broker answers QUERY_CONSUMER_OFFSET with 0 in that case.
+    2. RocketMQ's "new group" rule (broker side, ConsumerManageProcessor.queryConsumerOffset), for
+       offsets kept on the broker (CLUSTERING, `new_group_rule`): with no committed offset, a queue
+       whose min offset is 0 (nothing deleted yet: a young topic, or queues just added by scaling
+       out) is consumed from 0, whatever ConsumeFromWhere says. A new group thus sees every message
+       of a young topic and never skips the first messages of new queues. RocketMQ also requires the
+       message at offset 0 to be still in memory; rmqd has no such notion, so the rule is min offset
+       == 0. The SDK applies the rule itself, so it holds whether or not the broker answers
+       QUERY_CONSUMER_OFFSET with 0 in that case. BROADCASTING offsets are local files, which the
+       broker never sees, so the rule does not apply to them (as in RocketMQ).
     3. Otherwise, by ConsumeFromWhere:
        LAST_OFFSET   -> the max offset (the next message to arrive); retry topics -> 0.
        FIRST_OFFSET  -> the min offset (RocketMQ answers 0 and lets OFFSET_MOVED correct it).
@@ -65,12 +148,11 @@ def compute_start_offset(
     """
     if committed is not None and committed >= 0:
         return committed
-    first = min_offset()
-    if first <= 0:
-        return 0
     is_retry = topic.startswith(RETRY_TOPIC_PREFIX)
     if consume_from is ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET:
-        return first
+        return max(0, min_offset())
+    if new_group_rule and min_offset() <= 0:
+        return 0
     if consume_from is ConsumeFromWhere.CONSUME_FROM_TIMESTAMP:
         return max_offset() if is_retry else search_by_timestamp()
     return 0 if is_retry else max_offset()

@@ -406,6 +406,8 @@ class RemotingClient:
                 continue
             if command.is_response:
                 self._complete(state, command)
+                if conn.socket.closed:  # the last reply a retired socket waited for: it is gone now
+                    return
             elif self._on_request is not None:
                 self._deliver_request(conn.addr, command)
 

@@ -15,15 +15,17 @@ Tags are filtered exactly on the client (the broker filters by tag hash). PULL_O
 to the broker's nextBeginOffset (and commits it). Errors back off the queue for 1 s.
 
 Offsets: the offset of a queue is the next queue offset to consume. Messages returned by `poll`
-count as consumed. `commit()` sends UPDATE_CONSUMER_OFFSET for every queue that moved since its
-last commit. With auto_commit (default), `poll` commits every auto_commit_interval_ms what the
-previous polls returned (at-least-once: call poll again only after processing), and `shutdown`
-commits. BROADCASTING keeps offsets locally (in memory, and in `offset_store_path` if given).
-Where a queue starts without a committed offset: see `_rebalance.compute_start_offset`.
+count as consumed. `commit()` stores the offset of every owned queue (UPDATE_CONSUMER_OFFSET;
+BROADCASTING: the local offset file, see _offset_store.py). With
+auto_commit (default), `poll` commits every auto_commit_interval_ms (5 s) what the previous polls
+returned (at-least-once: call poll again only after processing), and `shutdown` commits. Where a
+queue starts without a committed offset: see `_rebalance.compute_start_offset` and
+docs/CONSUMPTION.md.
 
 Group membership (CLUSTERING + subscribe): HEART_BEAT to every broker of the subscribed topics at
 start and every 30 s; every 20 s (or at once when a broker pushes NOTIFY_CONSUMER_IDS_CHANGED) the
-consumer asks GET_CONSUMER_LIST_BY_GROUP and keeps the queues `allocate_averagely` gives it.
+consumer asks GET_CONSUMER_LIST_BY_GROUP and keeps the queues its allocate strategy gives it
+("AVG" by default; see _rebalance.py). A queue given up is committed first.
 This maintenance runs inside `poll` (there is no background thread): a consumer that stops polling
 for longer than the broker's channel expiry loses its queues to the others, like Kafka's
 max.poll.interval.
@@ -34,19 +36,17 @@ which `poll` releases while it waits for the network.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
-from rmqd.client._ids import new_client_id
-from rmqd.client._offset_store import LocalOffsetStore
-from rmqd.client._rebalance import Subscription, allocate_averagely, compute_start_offset, parse_subscription
-from rmqd.client._remoting import RemotingClient
-from rmqd.client._route import NamesrvClient, RouteCache, check_response, namesrv_addrs
+from rmqd.client._consumer_core import ConsumerCore, parse_pull_response
+from rmqd.client._ids import local_ip, new_client_id
+from rmqd.client._offset_store import LocalFileOffsetStore, RemoteBrokerOffsetStore, local_offset_store_path
+from rmqd.client._rebalance import AllocateStrategy, Subscription, allocation_strategy, parse_subscription
 from rmqd.client.producer import validate_group
-from rmqd.errors import ClientError, CorruptRecordError, MQClientError, ProtocolError, RmqError
+from rmqd.errors import MQClientError, RmqError
 from rmqd.message import (
     ConsumeFromWhere,
     MessageExt,
@@ -55,29 +55,29 @@ from rmqd.message import (
     PullStatus,
     validate_topic,
 )
-from rmqd.protocol import Command, PullSysFlag, RequestCode, ResponseCode, decode_json_body, encode_json_body
-from rmqd.store.record import decode_record
+from rmqd.protocol import RequestCode
 
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF_S = 1.0  # RocketMQ waits 3 s after a pull exception; 1 s keeps tests and failover snappy
 EMPTY_BACKOFF_S = 0.05  # a broker that answers "no new message" at once (no long polling) is re-asked 20x/s
-PULL_TIMEOUT_MARGIN_MS = 3000  # network timeout of a pull = its suspend time + this margin
 BROKER_SUSPEND_MAX_MS = 15_000  # RocketMQ brokerSuspendMaxTimeMillis
-DEFAULT_TIMESTAMP_LOOKBACK_MS = 30 * 60 * 1000  # RocketMQ consumeTimestamp default: 30 minutes ago
+DEFAULT_INSTANCE_NAME = "DEFAULT"  # RocketMQ's instanceName default; names the local offset file
 
-PULL_STATUS_BY_CODE = {
-    ResponseCode.SUCCESS: PullStatus.FOUND,
-    ResponseCode.PULL_NOT_FOUND: PullStatus.NO_NEW_MSG,
-    ResponseCode.PULL_RETRY_IMMEDIATELY: PullStatus.NO_MATCHED_MSG,
-    ResponseCode.PULL_OFFSET_MOVED: PullStatus.OFFSET_ILLEGAL,
-}
+
+def make_offset_store(core: ConsumerCore, *, instance_name: str, offset_store_dir: str | None,
+                      offset_store_path: str | None) -> RemoteBrokerOffsetStore | LocalFileOffsetStore:
+    """The store a consumer keeps its offsets in: the broker (CLUSTERING) or a local file."""
+    if core.clustering:
+        return RemoteBrokerOffsetStore(core.query_committed, core.commit_async)
+    path = offset_store_path or local_offset_store_path(core.group, local_ip(), instance_name,
+                                                        offset_store_dir)
+    return LocalFileOffsetStore(core.group, path)
 
 
 @dataclass(slots=True)
 class _QueueState:
     offset: int | None = None  # next queue offset to consume; None until the start offset is known
-    committed: int | None = None  # last offset committed (or read back) for this queue
     epoch: int = 0  # bumped by seek: results of pulls sent before are dropped
     inflight: Future | None = None
     inflight_epoch: int = 0
@@ -98,34 +98,39 @@ class LitePullConsumer:
         pull_max_bytes: int = 4 * 1024 * 1024, auto_commit: bool = True,
         auto_commit_interval_ms: int = 5000, rebalance_interval_ms: int = 20_000,
         heartbeat_interval_ms: int = 30_000, request_timeout_ms: int = 3000,
-        offset_store_path: str | None = None,
+        allocate_strategy: str | AllocateStrategy = "AVG", instance_name: str = DEFAULT_INSTANCE_NAME,
+        offset_store_dir: str | None = None, offset_store_path: str | None = None,
     ) -> None:
-        self.group = validate_group(group)
-        self.namesrv_addrs = namesrv_addrs(namesrv)
-        self.message_model = message_model
-        self.consume_from = consume_from
-        default_timestamp_ms = int(time.time() * 1000) - DEFAULT_TIMESTAMP_LOOKBACK_MS
-        self.consume_timestamp_ms = consume_timestamp_ms or default_timestamp_ms
         if not 1 <= pull_batch_size <= 1024:
             raise MQClientError(f"pull_batch_size must be 1..1024, got {pull_batch_size}")
+        self.group = validate_group(group)
+        self.client_id = new_client_id()
         self.pull_batch_size = pull_batch_size
         self.pull_max_bytes = pull_max_bytes
         self.auto_commit = auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
         self.rebalance_interval_ms = rebalance_interval_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        self.request_timeout_ms = request_timeout_ms
-        self.offset_store_path = offset_store_path
-        self.client_id = new_client_id()
+        self.allocate = allocation_strategy(allocate_strategy)
+        self._core = ConsumerCore(
+            self.group, namesrv, self.client_id, message_model=message_model, consume_from=consume_from,
+            consume_timestamp_ms=consume_timestamp_ms, consume_type="CONSUME_ACTIVELY",
+            request_timeout_ms=request_timeout_ms, on_notify=self._on_notify)
+        self._offsets = make_offset_store(
+            self._core, instance_name=instance_name, offset_store_dir=offset_store_dir,
+            offset_store_path=offset_store_path)
         self._lock = threading.RLock()
         self._wakeup = threading.Event()
         self._subscriptions: dict[str, Subscription] = {}
         self._queues: dict[MessageQueue, _QueueState] = {}
         self._assigned = False
-        self._local = LocalOffsetStore(self.group, offset_store_path)
+        self._started = False
         self._rebalance_requested = False
         self._next_heartbeat = self._next_rebalance = self._next_commit = 0.0
-        self._remoting: RemotingClient | None = None
+
+    @property
+    def message_model(self) -> MessageModel:
+        return self._core.message_model
 
     # ---------------------------------------------------------------- configuration
 
@@ -150,38 +155,41 @@ class LitePullConsumer:
             self._set_assignment(set(queues))
 
     def assignment(self) -> list[MessageQueue]:
+        """The queues this consumer owns now, sorted."""
         with self._lock:
             return sorted(self._queues)
+
+    def fetch_message_queues(self, topic: str) -> list[MessageQueue]:
+        """Every readable queue of `topic` (for assign()); raises MQClientError when it has no route."""
+        with self._lock:
+            self._core.running()
+        return self._core.topic_queues(topic)
 
     # ---------------------------------------------------------------- life cycle
 
     def start(self) -> None:
         """Connect; with subscriptions, join the group and take a share of the queues at once."""
         with self._lock:
-            if self._remoting is not None:
+            if self._started:
                 return
-            self._remoting = RemotingClient(name=f"rmqd-consumer-{self.group}",
-                                            on_request=self._on_broker_request)
-            namesrv = NamesrvClient(self._remoting, self.namesrv_addrs, self.request_timeout_ms)
-            self._routes = RouteCache(namesrv)
-            if self.message_model is MessageModel.BROADCASTING:
-                self._local.load()
+            self._core.start(then=self._offsets.open)
+            self._started = True
             self._next_commit = time.monotonic() + self.auto_commit_interval_ms / 1000
             self._maintain(time.monotonic())
 
     def shutdown(self) -> None:
         """Commit (when auto_commit), leave the group, close connections."""
         with self._lock:
-            remoting = self._remoting
-            if remoting is None:
+            if not self._started:
                 return
             if self.auto_commit:
                 self._commit_logged()
-            if self._subscriptions and self.message_model is MessageModel.CLUSTERING:
-                self._unregister()
+            if self._subscriptions and self._core.clustering and not self._assigned:
+                self._core.unregister(self._subscriptions)
+            self._offsets.close()
+            self._started = False
             self._wakeup.set()
-            self._remoting = None
-        remoting.close()
+        self._core.close()
 
     def __enter__(self) -> LitePullConsumer:
         self.start()
@@ -190,10 +198,9 @@ class LitePullConsumer:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def _running(self) -> RemotingClient:
-        if self._remoting is None:
+    def _running(self) -> None:
+        if not self._started:
             raise MQClientError(f"consumer {self.group} is not started; call start() first")
-        return self._remoting
 
     # ---------------------------------------------------------------- polling
 
@@ -225,6 +232,9 @@ class LitePullConsumer:
             self._wakeup.wait(min(timeout_s, 1.0))
             self._wakeup.clear()
 
+    def _subscription(self, topic: str) -> Subscription:
+        return self._subscriptions.get(topic) or parse_subscription(topic, "*")
+
     def _issue_pulls(self, suspend_ms: int) -> None:
         now = time.monotonic()
         for queue, state in self._queues.items():
@@ -232,26 +242,15 @@ class LitePullConsumer:
                 continue
             if state.offset is None and not self._init_offset(queue, state):
                 continue
-            addr = self._broker_addr(queue)
-            if addr is None:
+            try:
+                state.inflight = self._core.pull_async(queue, state.offset, self._subscription(queue.topic),
+                                                       self.pull_batch_size, self.pull_max_bytes, suspend_ms)
+            except RmqError as exc:
+                log.warning("cannot pull %s: %s; retrying in %.1f s", queue, exc, ERROR_BACKOFF_S)
                 state.not_before = now + ERROR_BACKOFF_S
                 continue
-            fields = self._pull_fields(queue, state.offset, suspend_ms)
-            state.inflight = self._running().invoke_async(addr, RequestCode.PULL_MESSAGE, fields,
-                                                          timeout_ms=suspend_ms + PULL_TIMEOUT_MARGIN_MS)
             state.inflight_epoch, state.inflight_offset = state.epoch, state.offset
             state.issued_at, state.suspend_ms = now, suspend_ms
-
-    def _pull_fields(self, queue: MessageQueue, queue_offset: int, suspend_ms: int) -> dict[str, object]:
-        subscription = self._subscriptions.get(queue.topic) or parse_subscription(queue.topic, "*")
-        sys_flag = PullSysFlag.SUBSCRIPTION | (PullSysFlag.SUSPEND if suspend_ms > 0 else 0)
-        return {
-            "consumerGroup": self.group, "topic": queue.topic, "queueId": queue.queue_id,
-            "queueOffset": queue_offset, "maxMsgNums": self.pull_batch_size, "sysFlag": int(sys_flag),
-            "commitOffset": 0, "suspendTimeoutMillis": suspend_ms, "subscription": subscription.expression,
-            "subVersion": subscription.sub_version, "expressionType": "TAG",
-            "maxMsgBytes": self.pull_max_bytes,
-        }
 
     def _harvest(self) -> list[MessageExt]:
         messages: list[MessageExt] = []
@@ -268,108 +267,52 @@ class LitePullConsumer:
     def _on_pull_done(self, queue: MessageQueue, state: _QueueState, future: Future) -> list[MessageExt]:
         now = time.monotonic()
         try:
-            response: Command = future.result()
-            status = PULL_STATUS_BY_CODE.get(response.code)
-            if status is None:
-                raise ClientError(f"broker answered {response.code}: {response.remark}")
-            next_offset = response.field_int("nextBeginOffset")
-            messages = self._decode_messages(queue, response) if status is PullStatus.FOUND else []
+            result = parse_pull_response(queue, future.result(), self._subscription(queue.topic))
         except (RmqError, ValueError) as exc:
             log.warning("pull %s at offset %d failed: %s; retrying in %.1f s",
                         queue, state.inflight_offset, exc, ERROR_BACKOFF_S)
             state.not_before = now + ERROR_BACKOFF_S
             return []
-        if status is PullStatus.OFFSET_ILLEGAL:
-            log.warning("offset %d of %s is illegal (min %s, max %s): moving to %d",
-                        state.inflight_offset, queue, response.fields.get("minOffset"),
-                        response.fields.get("maxOffset"), next_offset)
-        elif status is PullStatus.NO_NEW_MSG and (now - state.issued_at) * 1000 < state.suspend_ms / 2:
+        if result.status is PullStatus.OFFSET_ILLEGAL:
+            log.warning("offset %d of %s is illegal (min %d, max %d): moving to %d", state.inflight_offset,
+                        queue, result.min_offset, result.max_offset, result.next_begin_offset)
+        elif result.status is PullStatus.NO_NEW_MSG and (now - state.issued_at) * 1000 < state.suspend_ms / 2:
             state.not_before = now + EMPTY_BACKOFF_S  # the broker did not hold the pull
-        state.offset = next_offset
-        subscription = self._subscriptions.get(queue.topic)
-        if subscription is None:
-            return messages
-        return [message for message in messages if subscription.matches(message.tags)]
-
-    def _decode_messages(self, queue: MessageQueue, response: Command) -> list[MessageExt]:
-        body = response.body
-        messages, file_pos = [], 0
-        try:
-            while file_pos < len(body):
-                record = decode_record(body, file_pos, limit=len(body))
-                messages.append(MessageExt.from_record(record, queue.broker_name))
-                file_pos += record.total_size
-        except (CorruptRecordError, UnicodeDecodeError, ValueError, struct.error) as exc:
-            raise ProtocolError(f"undecodable record at byte {file_pos} of a pull response: {exc}") from exc
-        return messages
+        state.offset = result.next_begin_offset
+        return result.messages
 
     # ---------------------------------------------------------------- offsets
 
     def commit(self) -> None:
-        """Store the offset of every queue that moved since its last commit.
+        """Store the offset of every owned queue.
 
-        Raises the first MQBrokerError / RemotingTimeoutError after trying every queue.
+        Raises the first MQBrokerError / RemotingTimeoutError (or ClientError for a local file that
+        cannot be written) after trying every queue.
         """
         with self._lock:
             self._running()
-            self._next_commit = time.monotonic() + self.auto_commit_interval_ms / 1000
-            if self.message_model is MessageModel.BROADCASTING:
-                self._commit_local()
-                return
-            errors = self._commit_remote()
+            errors = self._commit()
         if errors:
             raise errors[0]
 
-    def _commit_remote(self) -> list[RmqError]:
-        sent: list[tuple[_QueueState, int, str, Future]] = []
-        errors: list[RmqError] = []
+    def _commit(self) -> list[RmqError]:
+        self._next_commit = time.monotonic() + self.auto_commit_interval_ms / 1000
         for queue, state in self._queues.items():
-            if state.offset is None or state.offset == state.committed:
-                continue
-            addr = self._broker_addr(queue)
-            if addr is None:
-                errors.append(MQClientError(f"no broker address for {queue}: offset {state.offset} kept"))
-                continue
-            fields = {"consumerGroup": self.group, "topic": queue.topic, "queueId": queue.queue_id,
-                      "commitOffset": state.offset}
-            future = self._running().invoke_async(addr, RequestCode.UPDATE_CONSUMER_OFFSET, fields,
-                                                  timeout_ms=self.request_timeout_ms)
-            sent.append((state, state.offset, addr, future))
-        for state, offset, addr, future in sent:
-            try:
-                check_response(future.result(), addr)
-                state.committed = offset
-            except RmqError as exc:
-                errors.append(exc)
-        return errors
+            if state.offset is not None:
+                self._offsets.update(queue, state.offset)
+        return self._offsets.persist(list(self._queues))
 
     def _commit_logged(self) -> None:
-        try:
-            if self.message_model is MessageModel.BROADCASTING:
-                self._commit_local()
-            else:
-                for error in self._commit_remote():
-                    log.warning("auto-commit of group %s failed: %s", self.group, error)
-        except (RmqError, OSError) as exc:
-            log.warning("auto-commit of group %s failed: %s", self.group, exc)
-        self._next_commit = time.monotonic() + self.auto_commit_interval_ms / 1000
+        for error in self._commit():
+            log.warning("auto-commit of group %s failed: %s", self.group, error)
 
     def committed(self, queue: MessageQueue) -> int | None:
-        """The group's committed offset of `queue` as stored (broker, or locally when broadcasting)."""
+        """The group's committed offset of `queue` as stored (broker, or the local file when broadcasting)."""
         with self._lock:
             self._running()
-            if self.message_model is MessageModel.BROADCASTING:
-                return self._local.get(queue)
-            return self._query_committed(queue)
-
-    def _query_committed(self, queue: MessageQueue) -> int | None:
-        addr = self._require_addr(queue)
-        fields = {"consumerGroup": self.group, "topic": queue.topic, "queueId": queue.queue_id}
-        response = self._running().invoke(addr, RequestCode.QUERY_CONSUMER_OFFSET, fields,
-                                          timeout_ms=self.request_timeout_ms)
-        if response.code == ResponseCode.QUERY_NOT_FOUND:
-            return None
-        return check_response(response, addr).field_int("offset")
+            if isinstance(self._offsets, LocalFileOffsetStore):
+                return self._offsets.read(queue)
+        return self._core.query_committed(queue)
 
     def seek(self, queue: MessageQueue, offset: int) -> None:
         """Consume `queue` from `offset` next (committed by the next commit). The queue must be owned."""
@@ -384,162 +327,72 @@ class LitePullConsumer:
             state.inflight = None
             state.not_before = 0.0
 
+    def seek_to_begin(self, queue: MessageQueue) -> None:
+        """seek() to the queue's min offset (its oldest message still stored)."""
+        self.seek(queue, self._core.queue_offset(queue, RequestCode.GET_MIN_OFFSET))
+
+    def seek_to_end(self, queue: MessageQueue) -> None:
+        """seek() to the queue's max offset (only messages that arrive from now on)."""
+        self.seek(queue, self._core.queue_offset(queue, RequestCode.GET_MAX_OFFSET))
+
+    def offset_for_timestamp(self, queue: MessageQueue, timestamp_ms: int) -> int:
+        """The first offset of `queue` stored at or after `timestamp_ms` (epoch ms), for seek()."""
+        with self._lock:
+            self._running()
+        return self._core.offset_for_timestamp(queue, timestamp_ms)
+
     def _init_offset(self, queue: MessageQueue, state: _QueueState) -> bool:
         """Find where to start on a queue (see compute_start_offset); False (and back off) on failure."""
         try:
-            committed = (self._local.get(queue) if self.message_model is MessageModel.BROADCASTING
-                         else self._query_committed(queue))
-            state.offset = compute_start_offset(
-                self.consume_from, queue.topic, committed,
-                lambda: self._queue_offset(queue, RequestCode.GET_MIN_OFFSET, {}),
-                lambda: self._queue_offset(queue, RequestCode.GET_MAX_OFFSET, {}),
-                lambda: self._queue_offset(queue, RequestCode.SEARCH_OFFSET_BY_TIMESTAMP,
-                                           {"timestamp": self.consume_timestamp_ms}),
-            )
+            committed = self._offsets.read_from_store(queue)
+            state.offset = self._core.start_offset(queue, committed)
         except RmqError as exc:
             log.warning("cannot find the start offset of %s: %s; retrying in %.1f s",
                         queue, exc, ERROR_BACKOFF_S)
             state.not_before = time.monotonic() + ERROR_BACKOFF_S
             return False
-        state.committed = committed
         log.info("group %s starts %s at offset %d (committed %s)", self.group, queue, state.offset, committed)
         return True
 
-    def _queue_offset(self, queue: MessageQueue, code: int, extra: dict[str, object]) -> int:
-        addr = self._require_addr(queue)
-        fields = {"topic": queue.topic, "queueId": queue.queue_id, **extra}
-        response = self._running().invoke(addr, code, fields, timeout_ms=self.request_timeout_ms)
-        return check_response(response, addr).field_int("offset")
-
-    def _commit_local(self) -> None:
-        for queue, state in self._queues.items():
-            if state.offset is not None:
-                self._local.update(queue, state.offset)
-                state.committed = state.offset
-        self._local.persist()
-
-    # ---------------------------------------------------------------- routes and membership
-
-    def _broker_addr(self, queue: MessageQueue) -> str | None:
-        try:
-            route = self._routes.get(queue.topic)
-        except RmqError as exc:
-            log.warning("no route for %s: %s", queue.topic, exc)
-            return None
-        return route.master_addr(queue.broker_name) if route is not None else None
-
-    def _require_addr(self, queue: MessageQueue) -> str:
-        addr = self._broker_addr(queue)
-        if addr is None:
-            raise MQClientError(f"no broker address for {queue} (topic unknown to the namesrv?)")
-        return addr
+    # ---------------------------------------------------------------- membership
 
     def _maintain(self, now: float) -> None:
         """Heartbeat, rebalance and auto-commit when due (called by start and poll, under the lock)."""
         if self._subscriptions and not self._assigned:
             if now >= self._next_heartbeat:
-                self._heartbeat()
+                self._core.heartbeat(self._subscriptions.values())
                 self._next_heartbeat = now + self.heartbeat_interval_ms / 1000
             if self._rebalance_requested or now >= self._next_rebalance:
                 self._rebalance_requested = False
-                self._rebalance()
-                self._next_rebalance = now + self.rebalance_interval_ms / 1000
+                allocation = self._core.allocate(list(self._subscriptions), self.allocate, set(self._queues))
+                self._set_assignment(allocation.queues)
+                if allocation.forgotten:  # the broker restarted: tell it we are here, rebalance again soon
+                    self._core.heartbeat(self._subscriptions.values())
+                retry_s = self.rebalance_interval_ms / 1000 if allocation.complete else ERROR_BACKOFF_S
+                self._next_rebalance = now + retry_s
         if self.auto_commit and now >= self._next_commit:
             self._commit_logged()
-
-    def _subscribed_broker_addrs(self) -> list[str]:
-        addrs: set[str] = set()
-        for topic in self._subscriptions:
-            try:
-                route = self._routes.get(topic)
-            except RmqError as exc:
-                log.warning("no route for subscribed topic %s: %s", topic, exc)
-                continue
-            if route is not None:
-                addrs.update(route.master_addrs())
-        return sorted(addrs)
-
-    def _heartbeat_body(self) -> bytes:
-        consumer = {
-            "groupName": self.group, "consumeType": "CONSUME_ACTIVELY",
-            "messageModel": self.message_model.name,
-            "consumeFromWhere": self.consume_from.name, "unitMode": False,
-            "subscriptionDataSet": [sub.to_heartbeat() for sub in self._subscriptions.values()],
-        }
-        heartbeat = {"clientID": self.client_id, "consumerDataSet": [consumer], "producerDataSet": []}
-        return encode_json_body(heartbeat)
-
-    def _heartbeat(self) -> None:
-        body = self._heartbeat_body()
-        for addr in self._subscribed_broker_addrs():
-            try:
-                check_response(self._running().invoke(addr, RequestCode.HEART_BEAT, {}, body,
-                                                      timeout_ms=self.request_timeout_ms), addr)
-            except RmqError as exc:
-                log.warning("heartbeat to %s failed: %s", addr, exc)
-
-    def _rebalance(self) -> None:
-        wanted: set[MessageQueue] = set()
-        for topic in self._subscriptions:
-            try:
-                route = self._routes.get(topic, refresh=True)
-            except RmqError as exc:
-                log.warning("rebalance of %s skipped: %s", topic, exc)
-                wanted.update(queue for queue in self._queues if queue.topic == topic)
-                continue
-            if route is None:
-                log.warning("subscribed topic %s has no route yet", topic)
-                continue
-            queues = route.subscribe_queues()
-            if self.message_model is MessageModel.BROADCASTING:
-                wanted.update(queues)
-                continue
-            client_ids = self._consumer_ids(route.master_addrs())
-            if client_ids is None:
-                wanted.update(queue for queue in self._queues if queue.topic == topic)
-                continue
-            wanted.update(allocate_averagely(queues, client_ids, self.client_id))
-        self._set_assignment(wanted)
-
-    def _consumer_ids(self, addrs: list[str]) -> list[str] | None:
-        for addr in addrs:
-            try:
-                response = self._running().invoke(addr, RequestCode.GET_CONSUMER_LIST_BY_GROUP,
-                                                  {"consumerGroup": self.group},
-                                                  timeout_ms=self.request_timeout_ms)
-                body = decode_json_body(check_response(response, addr).body, "consumer list")
-                ids = body.get("consumerIdList")
-                if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-                    return ids
-                log.warning("malformed consumer list from %s: %r", addr, ids)
-            except RmqError as exc:
-                log.warning("consumer list of group %s from %s failed: %s", self.group, addr, exc)
-        return None
 
     def _set_assignment(self, wanted: set[MessageQueue]) -> None:
         removed = [queue for queue in self._queues if queue not in wanted]
         added = [queue for queue in wanted if queue not in self._queues]
-        if removed and self._remoting is not None and self.message_model is MessageModel.CLUSTERING:
-            for error in self._commit_remote():  # hand the queues over with their progress stored
+        if removed and self._started and self._core.clustering:
+            for queue in removed:  # hand the queues over with their progress stored
+                state = self._queues[queue]
+                if state.offset is not None:
+                    self._offsets.update(queue, state.offset)
+            for error in self._offsets.persist(removed):
                 log.warning("commit before giving up queues failed: %s", error)
         for queue in removed:
             del self._queues[queue]
+            self._offsets.remove(queue)
         for queue in added:
             self._queues[queue] = _QueueState()
         if removed or added:
             log.info("group %s client %s owns %d queues (+%d -%d)", self.group, self.client_id,
                      len(self._queues), len(added), len(removed))
 
-    def _on_broker_request(self, addr: str, command: Command) -> None:
+    def _on_notify(self) -> None:
         """I/O thread: a broker told us the group changed; rebalance at the next poll."""
-        if command.code == RequestCode.NOTIFY_CONSUMER_IDS_CHANGED:
-            self._rebalance_requested = True
-            self._wakeup.set()
-
-    def _unregister(self) -> None:
-        fields = {"clientID": self.client_id, "consumerGroup": self.group, "producerGroup": ""}
-        for addr in self._subscribed_broker_addrs():
-            try:
-                self._running().invoke(addr, RequestCode.UNREGISTER_CLIENT, fields, timeout_ms=1000)
-            except RmqError as exc:
-                log.info("unregister from %s failed: %s", addr, exc)
+        self._rebalance_requested = True
+        self._wakeup.set()

@@ -7,7 +7,8 @@ unless its SYSFLAG transaction type is PREPARED or ROLLBACK (RocketMQ
 CommitLogDispatcherBuildConsumeQueue dispatches only NOT_TYPE and COMMIT records).
 tags_code is the Java hashCode of the TAGS property (0 without tags); for the delay topic
 SCHEDULE_TOPIC_XXXX it is the delivery time in ms: STORETIMESTAMP + delay of the DELAY level
-(RocketMQ CommitLog.checkMessageAndReturnSize / computeDeliverTimestamp).
+(RocketMQ CommitLog.checkMessageAndReturnSize / computeDeliverTimestamp); for the timer wheel
+topic rmq_sys_wheel_timer it is STORETIMESTAMP + the queue's constant delay.
 Pure functions apart from the ConsumeQueueStore they are given.
 """
 from __future__ import annotations
@@ -18,6 +19,11 @@ from rmqd.store.consume_queue import ConsumeQueueStore
 from rmqd.store.record import MessageRecord, Prop, SysFlag, tags_hash
 
 SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
+# The timer wheel (rmqd/broker/schedule.py): queue 0 has no delay, queue k >= 1 a constant 2^(k-1) s.
+# The longest, 2^17 s = 36.4 h, stays below fileReservedTime (48 h): a record always comes due
+# (and is re-written by its next hop) before the cleaner may delete its file as expired.
+TIMER_TOPIC = "rmq_sys_wheel_timer"
+TIMER_QUEUE_NUMS = 19
 DEFAULT_MESSAGE_DELAY_LEVEL = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -43,6 +49,11 @@ def is_dispatched_to_cq(sys_flag: int) -> bool:
     return tran_type in (SysFlag.TRANSACTION_NOT_TYPE, SysFlag.TRANSACTION_COMMIT)
 
 
+def timer_queue_delay_ms(queue_id: int) -> int:
+    """The constant delay of timer wheel queue `queue_id` (0 for queue 0)."""
+    return 0 if queue_id <= 0 else 1000 << (min(queue_id, TIMER_QUEUE_NUMS - 1) - 1)
+
+
 def cq_tags_code(record: MessageRecord, delay_levels_ms: Sequence[int] = DEFAULT_DELAY_LEVELS_MS) -> int:
     """The tags_code field of the record's ConsumeQueue unit."""
     if record.topic == SCHEDULE_TOPIC and delay_levels_ms:
@@ -50,6 +61,8 @@ def cq_tags_code(record: MessageRecord, delay_levels_ms: Sequence[int] = DEFAULT
         if level_text.isdigit() and int(level_text) > 0:
             level = min(int(level_text), len(delay_levels_ms))
             return record.store_timestamp_ms + delay_levels_ms[level - 1]
+    if record.topic == TIMER_TOPIC:  # due time of the wheel queue (see timer_queue_delay_ms)
+        return record.store_timestamp_ms + timer_queue_delay_ms(record.queue_id)
     return tags_hash(record.properties.get(Prop.TAGS))
 
 

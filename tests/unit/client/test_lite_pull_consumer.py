@@ -200,6 +200,7 @@ def test_two_consumers_of_a_group_split_the_queues_averagely(broker, producer, m
 def test_broadcasting_consumers_each_get_every_message(broker, producer, make_consumer, tmp_path):
     send_bodies(producer, "Broadcast", 8)
     consumers = [make_consumer("bc-group", message_model=MessageModel.BROADCASTING,
+                               consume_from=ConsumeFromWhere.FIRST_OFFSET,
                                offset_store_path=str(tmp_path / f"offsets-{i}.json")) for i in range(2)]
     for consumer in consumers:
         consumer.subscribe("Broadcast")
@@ -208,6 +209,7 @@ def test_broadcasting_consumers_each_get_every_message(broker, producer, make_co
         assert len(poll_until(consumer, 8)) == 8
         consumer.commit()
     assert consumers[0].committed(MessageQueue("Broadcast", "broker-a", 0)) == 1
+    consumers[0].shutdown()
     restarted = make_consumer("bc-group", message_model=MessageModel.BROADCASTING,
                               offset_store_path=str(tmp_path / "offsets-0.json"))
     restarted.subscribe("Broadcast")
@@ -230,3 +232,48 @@ def test_committed_reads_the_brokers_offset_and_none_when_absent(broker, produce
 def test_poll_before_start_raises_a_clear_error():
     with pytest.raises(MQClientError, match="not started"):
         LitePullConsumer("cg", namesrv="127.0.0.1:1").poll()
+
+
+def test_seek_to_begin_and_end_and_offset_for_timestamp(broker, producer, make_consumer):
+    for i in range(3):
+        producer.send(Message("Ends", f"e{i}".encode()), sharding_key="k")
+    consumer = make_consumer("ends-group", auto_commit=False)
+    queue_id = next(q for q in range(8) if broker.stored("Ends", q))
+    queue = MessageQueue("Ends", "broker-a", queue_id)
+    assert queue in consumer_queues(consumer, "Ends")
+    consumer.assign([queue])
+    consumer.start()
+    consumer.seek_to_end(queue)
+    assert consumer.poll(timeout_ms=200) == []
+    consumer.seek_to_begin(queue)
+    assert [m.body for m in poll_until(consumer, 3)] == [b"e0", b"e1", b"e2"]
+    assert consumer.offset_for_timestamp(queue, int(time.time() * 1000) + 60_000) == 3
+    assert consumer.offset_for_timestamp(queue, 0) == 0
+
+
+def consumer_queues(consumer: LitePullConsumer, topic: str) -> list[MessageQueue]:
+    """fetch_message_queues needs a started consumer: use a throwaway one on the same namesrv."""
+    probe = LitePullConsumer("probe-group", namesrv=consumer._core.namesrv_addrs[0])
+    probe.start()
+    try:
+        return probe.fetch_message_queues(topic)
+    finally:
+        probe.shutdown()
+
+
+def test_a_lite_pull_group_can_use_another_allocate_strategy(broker, producer, make_consumer):
+    producer.send(Message("Circle", b"create"))
+    consumers = [make_consumer("circle-group", allocate_strategy="AVG_BY_CIRCLE", rebalance_interval_ms=50)
+                 for _ in range(2)]
+    for consumer in consumers:
+        consumer.subscribe("Circle")
+        consumer.start()
+
+    def dealt_round_robin() -> bool:
+        for consumer in consumers:
+            consumer.poll(timeout_ms=20)
+        ids = sorted(consumer.client_id for consumer in consumers)
+        first = next(c for c in consumers if c.client_id == ids[0])
+        return [q.queue_id for q in first.assignment()] == [0, 2, 4, 6]
+
+    wait_until(dealt_round_robin, 10, "queues dealt round robin between the two consumers")

@@ -1,9 +1,19 @@
 """Queue allocation, start-offset rule and subscription parsing (pure functions)."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
-from rmqd.client._rebalance import allocate_averagely, compute_start_offset, parse_subscription
+from rmqd.client._rebalance import (
+    allocate_averagely,
+    allocate_averagely_by_circle,
+    allocate_consistent_hash,
+    allocation_strategy,
+    compute_start_offset,
+    parse_subscription,
+)
+from rmqd.errors import MQClientError
 from rmqd.message import ConsumeFromWhere, MessageQueue
 from rmqd.store.record import java_string_hash
 
@@ -66,6 +76,10 @@ def test_last_offset_on_a_retry_topic_starts_at_zero():
     assert start == 0
 
 
+def test_first_offset_starts_at_the_min_offset_with_or_without_history():
+    assert compute_start_offset(ConsumeFromWhere.FIRST_OFFSET, "T", None, lambda: 0, never, never) == 0
+
+
 def test_first_offset_with_history_deleted_starts_at_the_min_offset():
     assert compute_start_offset(ConsumeFromWhere.FIRST_OFFSET, "T", None, lambda: 10, never, never) == 10
 
@@ -94,3 +108,75 @@ def test_tag_expression_matches_exactly_and_heartbeat_carries_java_hash_codes():
     heartbeat = sub.to_heartbeat()
     assert heartbeat["tagsSet"] == ["TagA", "TagB"]
     assert heartbeat["codeSet"] == [java_string_hash("TagA"), java_string_hash("TagB")]
+
+
+# ---------------------------------------------------------------- other allocation strategies
+
+def distinct_queues(count: int) -> list[MessageQueue]:
+    """`count` different queues over two brokers."""
+    return [MessageQueue("T", f"broker-{'ab'[i % 2]}", i // 2) for i in range(count)]
+
+
+def owners(strategy, queue_list: list[MessageQueue], ids: list[str]) -> dict[MessageQueue, list[str]]:
+    """Queue -> every client id that the strategy gives it to."""
+    owned: dict[MessageQueue, list[str]] = {queue: [] for queue in queue_list}
+    for cid in ids:
+        for queue in strategy(queue_list, list(reversed(ids)), cid):
+            owned[queue].append(cid)
+    return owned
+
+
+@pytest.mark.parametrize("name", ["AVG", "AVG_BY_CIRCLE", "CONSISTENT_HASH"])
+@pytest.mark.parametrize(("queue_count", "client_count"), [(16, 1), (16, 3), (16, 5), (3, 5), (16, 16)])
+def test_every_strategy_gives_each_queue_exactly_one_owner(name, queue_count, client_count):
+    ids = [f"10.0.0.{i}@{i}@abcd" for i in range(client_count)]
+    owned = owners(allocation_strategy(name), distinct_queues(queue_count), ids)
+    assert all(len(cids) == 1 for cids in owned.values()), owned
+
+
+def test_by_circle_deals_the_sorted_queues_round_robin():
+    ids = ["a@1@x", "b@1@x", "c@1@x"]
+    dealt = [allocate_averagely_by_circle(distinct_queues(8), ids, cid) for cid in ids]
+    ordered = sorted(distinct_queues(8))
+    assert dealt == [ordered[0::3], ordered[1::3], ordered[2::3]]
+    assert allocate_averagely_by_circle(distinct_queues(8), ids, "stranger@1@x") == []
+
+
+def test_consistent_hash_follows_rocketmqs_ring_of_md5_points():
+    # Given two clients and RocketMQ's ring: 10 virtual nodes "cid-i", first 4 MD5 bytes unsigned
+    ids = ["a@1@x", "b@1@x"]
+    ring = sorted((int.from_bytes(hashlib.md5(f"{cid}-{i}".encode()).digest()[:4], "big"), cid)
+                  for cid in ids for i in range(10))
+
+    def owner(queue: MessageQueue) -> str:
+        text = f"MessageQueue [topic={queue.topic}, brokerName={queue.broker_name}, queueId={queue.queue_id}]"
+        point = int.from_bytes(hashlib.md5(text.encode()).digest()[:4], "big")
+        return next((cid for hash_value, cid in ring if hash_value >= point), ring[0][1])
+
+    # Then each queue goes to the first virtual node at or after its own hash, wrapping around
+    for cid in ids:
+        expected = [queue for queue in sorted(distinct_queues(16)) if owner(queue) == cid]
+        assert allocate_consistent_hash(distinct_queues(16), ids, cid) == expected
+
+
+def test_consistent_hash_moves_only_the_queues_the_newcomer_takes():
+    before_ids = [f"c{i}@1@x" for i in range(3)]
+    after_ids = before_ids + ["c9@1@x"]
+    before = owners(allocate_consistent_hash, distinct_queues(64), before_ids)
+    after = owners(allocate_consistent_hash, distinct_queues(64), after_ids)
+    moved = [queue for queue in before if before[queue] != after[queue]]
+    assert moved and all(after[queue] == ["c9@1@x"] for queue in moved)
+
+
+def test_unknown_strategy_names_are_refused_and_callables_pass_through():
+    with pytest.raises(MQClientError, match="AVG_BY_CIRCLE"):
+        allocation_strategy("ROUND_ROBIN")
+    assert allocation_strategy("avg") is allocate_averagely
+    assert allocation_strategy(allocate_averagely_by_circle) is allocate_averagely_by_circle
+
+
+def test_broadcasting_offsets_ignore_the_new_group_rule():
+    # Local offsets are unknown to the broker: LAST_OFFSET on a young queue starts at its end
+    start = compute_start_offset(ConsumeFromWhere.LAST_OFFSET, "T", None, lambda: 0, lambda: 9, never,
+                                 new_group_rule=False)
+    assert start == 9

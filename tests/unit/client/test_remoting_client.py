@@ -191,3 +191,20 @@ def test_requests_beyond_the_send_high_water_mark_wait_in_a_backlog_instead_of_f
         assert [bytes(f.result(30).body) for f in futures] == [str(i).encode() for i in range(2000)]
     finally:
         cli.close()
+
+
+def test_the_io_thread_survives_the_last_reply_a_retired_socket_was_waiting_for(server):
+    # Given two requests held on one socket, the first of which times out (the socket is retired)
+    client = RemotingClient(on_request=lambda addr, command: None)  # every request via the I/O thread
+    try:
+        first = client.invoke_async(server.addr, HOLD, timeout_ms=100)
+        second = client.invoke_async(server.addr, HOLD, timeout_ms=10_000)
+        wait_until(lambda: len(server.held) == 2, 5, "both requests held")
+        wait_until(first.done, 5, "the first request to time out")
+        # When both replies arrive in one burst: the second one closes the retired socket
+        server.release_held()
+        assert second.result(5).remark == "late"
+        # Then the I/O thread is still serving requests
+        assert client.invoke(server.addr, ECHO, body=b"alive", timeout_ms=2000).remark == "echo"
+    finally:
+        client.close()
