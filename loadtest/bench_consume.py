@@ -38,7 +38,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest._broker import BrokerMonitor, ThrowawayBroker, cpu_cores, proc_sample  # noqa: E402
+from loadtest._broker import (  # noqa: E402
+    BrokerMonitor,
+    ThrowawayBroker,
+    cpu_cores,
+    machine_sample,
+    proc_sample,
+)
 from loadtest._stats import Histogram, fmt_ms, fmt_rate, new_result, table, write_json  # noqa: E402
 from loadtest.bench_produce import create_topic, warn_if_busy  # noqa: E402
 from rmqd.client import (  # noqa: E402
@@ -57,6 +63,7 @@ BACKLOG_BATCH = 64
 BACKLOG_THREADS = 4
 PACING_TICK_S = 0.001  # at 5,000 msg/s: 1,000 wake-ups/s of 5 sends instead of 5,000 of 1
 MIB = 1 << 20
+MACHINE = "_machine"  # CpuWatch's pseudo process: the whole machine's busy CPU
 TARGETS = {  # issue 5, Done-when 1 and 2
     "e2e_5000": {"p50": 2.0, "p99": 10.0, "p999": 50.0},
     "drain_msgs_per_s": 150_000,
@@ -104,7 +111,7 @@ def await_dispatched(namesrv: str, topic: str, count: int, timeout_s: float = 12
 
 class CpuWatch:
     """CPU cores used by each broker process, this (consumer) process and any `others` between
-    start() and stop()."""
+    start() and stop(), and by everything else on the machine ("other programs")."""
 
     def __init__(self, monitor: BrokerMonitor, others: dict[str, int] | None = None) -> None:
         self.monitor = monitor
@@ -112,14 +119,18 @@ class CpuWatch:
 
     def _sample(self) -> dict[str, Any]:
         own = {name: proc_sample(pid) for name, pid in self.pids.items()}
-        return {**self.monitor.sample(), **{name: s for name, s in own.items() if s is not None}}
+        return {**self.monitor.sample(), **{name: s for name, s in own.items() if s is not None},
+                MACHINE: machine_sample()}
 
     def start(self) -> None:
         self.began = time.monotonic()
         self.before = self._sample()
 
     def stop(self) -> dict[str, float]:
-        return cpu_cores(self.before, self._sample(), time.monotonic() - self.began)
+        cores = cpu_cores(self.before, self._sample(), time.monotonic() - self.began)
+        machine = cores.pop(MACHINE, 0.0)
+        cores["other programs"] = round(max(0.0, machine - sum(cores.values())), 2)
+        return cores
 
 
 def cpu_line(cores: dict[str, float]) -> str:

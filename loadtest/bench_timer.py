@@ -39,6 +39,7 @@ from rmqd.client import (  # noqa: E402
     Producer,
     PushConsumer,
 )
+from rmqd.errors import RmqError  # noqa: E402
 
 
 class Received:
@@ -70,18 +71,37 @@ def send_timers(namesrv: str, topic: str, due_ms: dict[bytes, int], window: int)
     producer.start()
     started = time.monotonic()
     try:
-        futures = []
+        futures: list = []
+        failed: list[bytes] = []
         for body, at in due_ms.items():
-            futures.append(producer.send_async(Message(topic, body, deliver_at_ms=at)))
+            futures.append((body, producer.send_async(Message(topic, body, deliver_at_ms=at))))
             if len(futures) >= window:
-                for future in futures:
-                    future.result(30)
-                futures.clear()
-        for future in futures:
-            future.result(30)
+                failed += settle(futures)
+        failed += settle(futures)
+        for body in failed:  # refused by flow control (SYSTEM_BUSY): send again, synchronously
+            for attempt in range(50):
+                try:
+                    producer.send(Message(topic, body, deliver_at_ms=due_ms[body]))
+                    break
+                except RmqError:
+                    time.sleep(0.05 * (attempt + 1))
+        if failed:
+            print(f"{len(failed)} sends refused by flow control were sent again")
     finally:
         producer.shutdown()
     return time.monotonic() - started
+
+
+def settle(futures: list) -> list[bytes]:
+    """Wait for every (body, future); returns the bodies whose send failed. Clears `futures`."""
+    failed = []
+    for body, future in futures:
+        try:
+            future.result(30)
+        except RmqError:
+            failed.append(body)
+    futures.clear()
+    return failed
 
 
 def consume(namesrv: str, topic: str) -> tuple[PushConsumer, Received]:

@@ -42,7 +42,9 @@ from workers.base import WorkerProcess, run_from_argv
 
 log = logging.getLogger("rmqd.scheduler")
 
-MAX_IN_FLIGHT = 800  # requests; below the front's per-client RCVHWM (1000)
+# Requests in flight (a delivery batch holds up to 64 messages). Enough to keep the writer busy, and
+# small enough that none waits 200 ms (waitTimeMillsInSendQueue) in the front, which would refuse it.
+MAX_IN_FLIGHT = 64
 BATCH_MAX_MESSAGES = 64
 BATCH_MAX_BYTES = 1 << 20
 UNITS_PER_READ = 256
@@ -102,7 +104,7 @@ class Scheduler(WorkerProcess):
         self.seen_dispatch = -1
         self.budget = UNITS_PER_PASS
         self.next_persist_ms = now_ms() + PERSIST_INTERVAL_MS
-        self.delivered = self.moved = 0
+        self.delivered = self.moved = self.busy = 0
         self.ctx = zmq.Context()
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
@@ -274,6 +276,7 @@ class Scheduler(WorkerProcess):
             if flight is None:
                 continue  # answered after we re-sent it
             if reply.code in RETRY_CODES:
+                self.busy += 1
                 self.retries.append((now_ms() + RETRY_BACKOFF_MS, flight))
                 continue
             if reply.code not in STORED_CODES:
@@ -312,8 +315,9 @@ class Scheduler(WorkerProcess):
             if self.dealer.poll(50):
                 self._take_replies()
         self._persist()
-        log.info("scheduler stopping: %d delivered, %d moved between timer queues, %d unanswered",
-                 self.delivered, self.moved, len(self.inflight))
+        log.info("scheduler stopping: %d delivered, %d moved between timer queues, %d requests refused as "
+                 "busy and sent again, %d unanswered", self.delivered, self.moved, self.busy,
+                 len(self.inflight))
         self.dealer.close(linger=0)
         self.ctx.term()
 
