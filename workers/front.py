@@ -461,7 +461,9 @@ class Front(WorkerProcess):
                 f"queueId[{queue_id}] is illegal, topic:[{topic}] "
                 f"topicConfig.readQueueNums:[{config.readQueueNums}]",
             )
-        if sys_flag & PULL_FLAG_COMMIT_OFFSET and cmd.field_int("commitOffset", -1) >= 0:
+        # A pull woken by the holder (allow_suspend False) was already applied when it first came in:
+        # applying its piggybacked commit again could move the group's offset backwards.
+        if allow_suspend and sys_flag & PULL_FLAG_COMMIT_OFFSET and cmd.field_int("commitOffset", -1) >= 0:
             self.offsets.commit(
                 cmd.field_str("consumerGroup"), topic, queue_id, cmd.field_int("commitOffset")
             )
