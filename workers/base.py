@@ -78,6 +78,10 @@ def die_with_parent() -> None:
         pass  # not Linux: the parent pid check in the loop still ends us
 
 
+def _always() -> bool:
+    return True
+
+
 class WorkerProcess:
     """Base of every broker process. Subclasses set `name` and implement setup/run_once/teardown."""
 
@@ -89,7 +93,7 @@ class WorkerProcess:
         self.shm = shm
         self.abnormal = abnormal
         self.stop_requested = False
-        self._wait_sources: list[tuple[Any, Callable[[], bool]]] = []
+        self._wait_sources: list[tuple[Any, Callable[[], bool], Callable[[], bool]]] = []
         self._parent_pid = supervisor_pid()
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -119,12 +123,15 @@ class WorkerProcess:
             cq_store.close_all()
 
     # -- machinery ---------------------------------------------------------------------------
-    def add_wait_source(self, doorbell: Any, ready: Callable[[], bool]) -> None:
+    def add_wait_source(self, doorbell: Any, ready: Callable[[], bool],
+                        wanted: Callable[[], bool] | None = None) -> None:
         """Wake the idle wait when `doorbell` is rung; `ready()` says whether there is work.
 
-        For a ring consumer: `add_wait_source(ring.doorbell, ring.ready)`.
+        For a ring consumer: `add_wait_source(ring.doorbell, ring.ready)`. With `wanted`, the
+        doorbell is armed only while `wanted()` is true: when nobody is waiting, the producer
+        skips the eventfd write and this process is not woken for news it does not need yet.
         """
-        self._wait_sources.append((doorbell, ready))
+        self._wait_sources.append((doorbell, ready, wanted or _always))
 
     def idle_wait(self, timeout_s: float) -> None:
         """Block until a wait source is rung, a signal arrives, or `timeout_s` passes.
@@ -132,7 +139,7 @@ class WorkerProcess:
         Every source's waiting flag is set and its condition re-checked before blocking, so a
         producer that published just before we slept is never missed (shm/doorbell.py).
         """
-        sources = self._wait_sources
+        sources = [(doorbell, ready) for doorbell, ready, wanted in self._wait_sources if wanted()]
         for doorbell, _ready in sources:
             doorbell.arm()
         if not any(ready() for _doorbell, ready in sources):
@@ -169,7 +176,7 @@ class WorkerProcess:
         except Exception:
             logging.getLogger(f"rmqd.{self.name}").exception("%s failed to boot", self.name)
             return EXIT_BOOT_FAILED
-        for doorbell, _ready in self._wait_sources:
+        for doorbell, _ready, _wanted in self._wait_sources:
             self._poller.register(doorbell.fileno(), select.POLLIN)
         heartbeats.set_state(self.name, STATE_RUNNING)
         logging.getLogger(f"rmqd.{self.name}").info("%s ready", self.name)

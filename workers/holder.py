@@ -57,7 +57,10 @@ class Holder(WorkerProcess):
         self.wake_later: dict[tuple[bytes, int], int] = {}  # queue -> max offset, wake ring was full
         self.next_recheck = time.monotonic() + RECHECK_INTERVAL_S
         self.add_wait_source(self.park_ring.doorbell, self.park_ring.ready)
-        self.add_wait_source(self.arrival_ring.doorbell, self.arrival_ring.ready)
+        # Arrivals matter only while pulls are parked: without any, the dispatcher does not wake us
+        # (no eventfd write per group); the backlog of arrivals is drained on the next wake-up.
+        self.add_wait_source(self.arrival_ring.doorbell, self.arrival_ring.ready,
+                             wanted=lambda: self.parked_count > 0)
 
     def run_once(self) -> bool:
         did = self._retry_wakes()
