@@ -562,10 +562,16 @@ def broker_section(outcome: Outcome, session: Session) -> dict[str, Any]:
         session.sample_at_start
     seconds = rows[-1].t - (outcome.rows[index - 1].t if index else 0.0)
     broker = broker_figures(c0, rows[-1].counters, seconds)
-    broker["cpu_cores"] = cores = cpu_cores(p0, rows[-1].procs, seconds)
+    broker["cpu_cores"] = cores_with_others(p0, rows[-1].procs, seconds)
+    return broker
+
+
+def cores_with_others(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, float]:
+    """CPU cores per process; the machine's busy time beyond them becomes `other programs`."""
+    cores = cpu_cores(before, after, seconds)
     if MACHINE in cores:
         cores["other programs"] = round(max(0.0, cores.pop(MACHINE) - sum(cores.values())), 3)
-    return broker
+    return cores
 
 
 def intervals_json(outcome: Outcome) -> list[dict[str, Any]]:
@@ -657,78 +663,131 @@ LOCUSTFILE = str(Path(__file__).resolve().parent / "locustfile.py")
 
 def compare_with_locust(spec: Spec, args: argparse.Namespace, bench: dict[str, Any]) -> dict[str, Any]:
     """Run `spec` through loadtest/locustfile.py (one AsyncProducerUser at the same rate and window,
-    one PushConsumerUser) on a fresh broker; print both runs' figures and locust / bench.py."""
+    one PushConsumerUser; see locust_layout) on a fresh broker; print both runs' figures and
+    locust / bench.py."""
     if spec.kind != "fixed":
         raise SystemExit("--compare-locust compares fixed-rate workloads")
     target: Target = open_target(args)
     try:
-        figures, cores = run_locust(spec, args, target.namesrv)
+        figures, cores = run_locust(spec, args, target)
     finally:
         target.close()
-    record = new_result("locust", f"{spec.name} (locust)", {**bench["config"], "tool": "locust",
-                                                           "users": list(LOCUST_USERS)})
-    record["result"] = {**figures, "target_rate": args.rate, "locust_process_cpu_cores": cores}
+    layout = locust_layout(args)
+    label = f"{spec.name} (locust, {len(layout)} process{'es' if len(layout) > 1 else ''})"
+    record = new_result("locust", label, {**bench["config"], "tool": "locust",
+                                          "locust_processes": {k: list(v) for k, v in layout.items()}})
+    record["result"] = {**figures, "target_rate": args.rate}
+    record["broker"] = {"cpu_cores": cores}
     record["comparison"] = comparison(bench["result"], figures)
     record["machine"]["busy_cores_before"] = target.busy_before
     rows = [(c["what"], _fmt_figure(c["bench"]), _fmt_figure(c["locust"]), f"{c['ratio']:.2f}",
              "yes" if c["within_20pct"] else "NO") for c in record["comparison"]]
     header = (f"{spec.name}: bench.py vs locust", "bench.py", "locust", "locust / bench", "within 20 %")
     print(table(rows, header))
-    print(f"locust process CPU: {cores:.2f} cores (producer + consumer + locust in one process)")
+    print("CPU cores: "
+          + " ".join(f"{n} {c:.2f}" for n, c in sorted(cores.items()) if c >= 0.005))
     return record
 
 
-def run_locust(spec: Spec, args: argparse.Namespace, namesrv: str) -> tuple[dict[str, Any], float]:
-    """One headless locust run of `spec`; (figures over the measured window, CPU cores of locust)."""
+def locust_layout(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """Locust processes to start -> their user classes: by default the producer and the consumer in
+    two processes, as bench.py runs them; --locust-one-process puts both users in one."""
+    if args.locust_one_process:
+        return {"locust": LOCUST_USERS}
+    return {f"locust-{user[:-len('User')].lower()}": (user,) for user in LOCUST_USERS}
+
+
+def run_locust(spec: Spec, args: argparse.Namespace,
+               target: Target) -> tuple[dict[str, Any], dict[str, float]]:
+    """One headless locust run of `spec`; (figures over the measured window, CPU cores per process)."""
     topic = f"{args.topic_prefix}-locust-{spec.name}-{os.getpid()}-{int(time.time())}"
-    env = {**os.environ, "RMQD_NAMESRV": namesrv, "RMQD_TOPIC": topic, "RMQD_QUEUES": str(spec.queues),
+    create_topic(target.namesrv, topic, spec.queues)  # before either process starts, as for bench.py
+    env = {**os.environ, "RMQD_NAMESRV": target.namesrv, "RMQD_TOPIC": topic, "RMQD_QUEUES": "0",
            "RMQD_BODY_SIZE": str(spec.body), "RMQD_RATE": str(args.rate), "RMQD_WINDOW": str(args.window),
            "RMQD_CONSUME_FROM": "first", "RMQD_GROUP": f"omb_locust_{os.getpid()}_{int(time.time())}"}
+    seconds = args.warmup + args.duration
     with tempfile.TemporaryDirectory(prefix="rmqd-locust-") as tmp:
-        prefix = os.path.join(tmp, "run")
-        cmd = [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2",
-               "-t", f"{args.warmup + args.duration:g}s", "--stop-timeout", "15", "--csv", prefix,
-               "--csv-full-history", "--only-summary", "--loglevel", "WARNING", *LOCUST_USERS]
-        print(f"\n=== {spec.name} via locust: RMQD_RATE={args.rate:g} RMQD_WINDOW={args.window} "
-              f"RMQD_QUEUES={spec.queues} RMQD_BODY_SIZE={spec.body} {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        before, started = proc_sample(proc.pid), time.monotonic()
-        after = before
+        procs = {}
+        for name, users in locust_layout(args).items():
+            cmd = [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "-u", str(len(users)),
+                   "-r", str(len(users)), "-t", f"{seconds:g}s", "--stop-timeout", "15",
+                   "--csv", os.path.join(tmp, name), "--csv-full-history", "--only-summary",
+                   "--loglevel", "WARNING", *users]
+            print(f"\n=== {spec.name} via locust ({name}): RMQD_RATE={args.rate:g} RMQD_WINDOW={args.window} "
+                  f"RMQD_BODY_SIZE={spec.body} (topic of {spec.queues} queues) {' '.join(cmd[1:])}",
+                  flush=True)
+            procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True)
         try:
-            while proc.poll() is None and time.monotonic() - started < args.warmup + args.duration:
-                time.sleep(0.5)
-                after = proc_sample(proc.pid) or after  # the last sample before locust's shutdown
-            output, _ = proc.communicate(timeout=args.warmup + args.duration + 120)
+            cores = _watch_locust(target, procs, args.warmup, seconds)
+            for name, proc in procs.items():
+                output, _ = proc.communicate(timeout=seconds + 120)
+                print(output[-3000:], flush=True)
+                if proc.returncode not in (0, 1):  # 1: some request failed (counted in the figures)
+                    raise SystemExit(f"locust ({name}) exited with {proc.returncode}")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        print(output[-3000:], flush=True)
-        if proc.returncode not in (0, 1):  # 1: some request failed (counted in the figures)
-            raise SystemExit(f"locust exited with {proc.returncode}")
-        figures = locust_figures(prefix, topic, args.warmup)
-    cores = (after.cpu_s - before.cpu_s) / max(1e-9, time.monotonic() - started) if before and after else 0.0
-    return figures, round(cores, 3)
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        prefixes = [os.path.join(tmp, name) for name in procs]
+        figures = locust_figures(prefixes, topic, args.warmup)
+    return figures, cores
 
 
-def locust_figures(prefix: str, topic: str, warmup_s: float) -> dict[str, Any]:
+def _watch_locust(target: Target, procs: dict[str, Any], warmup_s: float, seconds: float) -> dict[str, float]:
+    """CPU cores per process from the end of the warm-up to the last sample before locust stops."""
+    launched = time.monotonic()
+    before = after = _locust_sample(target, procs)
+    started = ended = launched
+    while time.monotonic() - launched < seconds and all(p.poll() is None for p in procs.values()):
+        time.sleep(0.5)
+        if any(p.poll() is not None for p in procs.values()):
+            break
+        if started == launched and time.monotonic() - launched >= warmup_s:
+            before, started = _locust_sample(target, procs), time.monotonic()
+        else:
+            after, ended = _locust_sample(target, procs), time.monotonic()
+    return cores_with_others(before, after, ended - started)
+
+
+def _locust_sample(target: Target, procs: dict[str, Any]) -> dict[str, Any]:
+    samples = target.monitor.sample()
+    for name, proc in procs.items():
+        sample = proc_sample(proc.pid)
+        if sample is not None:
+            samples[name] = sample
+    samples[MACHINE] = machine_sample()
+    return samples
+
+
+def locust_figures(prefixes: list[str], topic: str, warmup_s: float) -> dict[str, Any]:
     """Rates and average latencies over the measured window from locust's --csv-full-history
-    (cumulative totals once a second), percentiles of the whole run from its final --csv stats."""
-    with open(f"{prefix}_stats.csv", newline="") as f:
-        final = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
-    with open(f"{prefix}_stats_history.csv", newline="") as f:
-        history = [r for r in csv.DictReader(f) if r["Type"]]
-    first_t = min(int(r["Timestamp"]) for r in history)
+    (cumulative totals once a second), percentiles of the whole run from its final --csv stats;
+    each request type is read from the run (--csv prefix) that has it."""
+    final: dict[tuple[str, str], dict[str, str]] = {}
+    history: dict[tuple[str, str], list[dict[str, str]]] = {}
+    first_t: dict[tuple[str, str], int] = {}
+    for prefix in prefixes:
+        with open(f"{prefix}_stats.csv", newline="") as f:
+            final.update({(r["Type"], r["Name"]): r for r in csv.DictReader(f) if r["Type"]})
+        with open(f"{prefix}_stats_history.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        began = min(int(r["Timestamp"]) for r in rows)
+        for row in rows:
+            if row["Type"]:
+                history.setdefault((row["Type"], row["Name"]), []).append(row)
+                first_t[(row["Type"], row["Name"])] = began
     figures: dict[str, Any] = {}
-    for key, (kind, name) in (("publish", ("SEND_ASYNC", topic)), ("e2e", ("CONSUME", f"push {topic}"))):
-        rows = [r for r in history if (r["Type"], r["Name"]) == (kind, name)]
-        start = next(r for r in rows if int(r["Timestamp"]) - first_t >= warmup_s)
+    for key, request in (("publish", ("SEND_ASYNC", topic)), ("e2e", ("CONSUME", f"push {topic}"))):
+        rows = history[request]
+        start = next(r for r in rows if int(r["Timestamp"]) - first_t[request] >= warmup_s)
         end = rows[-1]
         seconds = int(end["Timestamp"]) - int(start["Timestamp"])
         n0, n1 = int(start["Total Request Count"]), int(end["Total Request Count"])
         total_ms = (float(end["Total Average Response Time"]) * n1
                     - float(start["Total Average Response Time"]) * n0)
-        whole = final[(kind, name)]
+        whole = final[request]
         figures[key] = {"msgs_per_s": (n1 - n0) / seconds, "avg_ms": total_ms / max(1, n1 - n0),
                         "seconds": seconds, "requests": int(whole["Request Count"]),
                         "failed": int(whole["Failure Count"]),
@@ -846,3 +905,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--compare-locust", action="store_true",
                         help="then run the same workload through locust (loadtest/locustfile.py) on a "
                              "fresh broker and print both with their ratios")
+    timing.add_argument("--locust-one-process", action="store_true",
+                        help="--compare-locust: producer and consumer users in one locust process "
+                             "(default: one locust process each, as bench.py runs them)")

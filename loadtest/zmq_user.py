@@ -83,9 +83,9 @@ from rmqd.client import (  # noqa: E402
     PushConsumer,
     SendStatus,
 )
-from rmqd.errors import ClientError  # noqa: E402
 
 HUB = gevent.get_hub()
+ASSIGNMENT_WAIT_S = 10.0  # a PushConsumerUser's on_start waits this long at most for its queues
 SETTINGS = (  # option, environment variable, type, default, help
     ("namesrv", "RMQD_NAMESRV", str, "127.0.0.1:9876", "namesrv host:port of the broker under test"),
     ("topic", "RMQD_TOPIC", str, "LocustTest", "topic every user sends to and consumes from"),
@@ -157,7 +157,7 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any, BaseException
     started = time.perf_counter()
     try:
         result = fn(*args)
-    except ClientError as exc:
+    except Exception as exc:  # noqa: BLE001 - any error of a send is that request's failure
         return (time.perf_counter() - started) * 1000, None, exc
     return (time.perf_counter() - started) * 1000, result, None
 
@@ -381,7 +381,7 @@ class AsyncProducerUser(_ProducerUser):
         started = time.perf_counter()
         try:
             future = self.client.send_async(message)
-        except ClientError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in timed()
             return (time.perf_counter() - started) * 1000, exc
         future.add_done_callback(partial(self._settled, started=started))
         return 0.0, None
@@ -404,6 +404,16 @@ class PushConsumerUser(RmqdUser):
         consumer = self.subscribed(PushConsumer, "push")
         consumer.register_listener(partial(self._listener, f"push {self.settings.topic}"))
         return consumer
+
+    def start_client(self) -> None:
+        """Start, then wait (bounded) until the group gave this consumer its queues."""
+        self.client.start()
+        deadline = time.monotonic() + ASSIGNMENT_WAIT_S
+        while not self.client.assignment() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.client.assignment():
+            logging.getLogger(__name__).warning("%s owns no queue of %s after %.0f s", self.client.group,
+                                                self.settings.topic, ASSIGNMENT_WAIT_S)
 
     @staticmethod
     def _listener(name: str, messages: list) -> ConsumeStatus:
@@ -432,6 +442,6 @@ class LitePullConsumerUser(RmqdUser):
     def _poll(self) -> list[tuple[float, int]]:
         try:
             return consume_latencies(self.client.poll(timeout_ms=1000))
-        except ClientError as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed poll is a failed request
             _report_threadsafe(report, "POLL", f"lite-pull {self.settings.topic}", 0.0, 0, exc)
             return []
