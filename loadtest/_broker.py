@@ -374,3 +374,17 @@ def top_self_frames(path: str, top: int) -> list[tuple[str, float]]:
         return []
     ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
     return [(frame, n / total) for frame, n in ranked]
+
+
+def add_broker_arguments(parser, *, start_help: str) -> None:
+    """The "broker" option group every benchmark that talks to a broker shares."""
+    target = parser.add_argument_group("broker")
+    target.add_argument("-n", "--namesrv", help="host:port of the namesrv of a running broker")
+    target.add_argument("--start-broker", action="store_true", help=start_help)
+    target.add_argument("--flush", default="ASYNC_FLUSH", choices=("ASYNC_FLUSH", "SYNC_FLUSH"),
+                        help="flushDiskType of the started broker (with --namesrv: only a label)")
+    target.add_argument("--store-dir", help="store dir of the running broker (shm counters, CPU, RSS)")
+    target.add_argument("--store-parent", help="where --start-broker makes its temp store (default: $TMPDIR)")
+    target.add_argument("-p", "--property", action="append", metavar="KEY=VALUE",
+                        help="broker.conf key for the started broker; repeatable")
+    target.add_argument("--keep-store", action="store_true", help="keep the throwaway store")

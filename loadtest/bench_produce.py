@@ -47,6 +47,7 @@ from loadtest._broker import (  # noqa: E402
     ProcSample,
     PySpyRecorder,
     ThrowawayBroker,
+    add_broker_arguments,
     counter_delta,
     cpu_cores,
     machine_busy_cores,
@@ -812,17 +813,8 @@ def config_json(work: Workload, flush: str, schedule: Schedule, args: argparse.N
 def add_workload_arguments(parser: argparse.ArgumentParser, *, mode: str, threads: int, window: int,
                            duration: float, interval: float, retries: int, processes: int = 1) -> None:
     """Options shared by produce and overload (and by later benches that send)."""
-    target = parser.add_argument_group("broker")
-    target.add_argument("-n", "--namesrv", help="host:port of the namesrv of a running broker")
-    target.add_argument("--start-broker", action="store_true",
-                        help="start a throwaway broker in a temp store, stop it by PID at the end")
-    target.add_argument("--flush", default="ASYNC_FLUSH", choices=("ASYNC_FLUSH", "SYNC_FLUSH"),
-                        help="flushDiskType of the started broker (with --namesrv: only a label)")
-    target.add_argument("--store-dir", help="store dir of the running broker (shm counters, CPU, RSS)")
-    target.add_argument("--store-parent", help="where --start-broker makes its temp store (default: $TMPDIR)")
-    target.add_argument("-p", "--property", action="append", metavar="KEY=VALUE",
-                        help="broker.conf key for the started broker; repeatable")
-    target.add_argument("--keep-store", action="store_true", help="keep the throwaway store")
+    add_broker_arguments(parser,
+                         start_help="start a throwaway broker in a temp store, stop it by PID at the end")
     load = parser.add_argument_group("load")
     load.add_argument("--topic", default=DEFAULT_TOPIC)
     load.add_argument("--queues", type=int, default=8, help="queues of the topic (created before the run)")

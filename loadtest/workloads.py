@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest._broker import cpu_cores, machine_sample, proc_sample  # noqa: E402
+from loadtest._broker import add_broker_arguments, cpu_cores, machine_sample, proc_sample  # noqa: E402
 from loadtest._stats import (  # noqa: E402
     Recorder,
     Snapshot,
@@ -875,17 +875,8 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="workload names, or `all` (see --list)")
     parser.add_argument("--list", action="store_true", help="list the workloads")
-    target = parser.add_argument_group("broker")
-    target.add_argument("-n", "--namesrv", help="host:port of the namesrv of a running broker")
-    target.add_argument("--start-broker", action="store_true",
-                        help="start a throwaway broker per workload, stop it by PID at the end")
-    target.add_argument("--flush", default="ASYNC_FLUSH", choices=("ASYNC_FLUSH", "SYNC_FLUSH"),
-                        help="flushDiskType of the started broker (with --namesrv: only a label)")
-    target.add_argument("--store-dir", help="store dir of the running broker (shm counters, CPU)")
-    target.add_argument("--store-parent", help="where --start-broker makes its temp store")
-    target.add_argument("-p", "--property", action="append", metavar="KEY=VALUE",
-                        help="broker.conf key for the started broker; repeatable")
-    target.add_argument("--keep-store", action="store_true", help="keep the throwaway store")
+    add_broker_arguments(parser,
+                         start_help="start a throwaway broker per workload, stop it by PID at the end")
     load = parser.add_argument_group("load")
     load.add_argument("--rate", type=float, default=FIXED_RATE,
                       help=f"msg/s of the fixed-rate and backlog workloads ({FIXED_RATE:,.0f}; OMB: 50,000)")
