@@ -94,6 +94,17 @@ class BrokerTree:
             )
         return self
 
+    def __enter__(self) -> BrokerTree:
+        """`with BrokerTree(...) as tree:` starts the tree and always cleans it up."""
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
     def _ready_or_dead(self) -> bool:
         if self.process.poll() is not None:
             return True

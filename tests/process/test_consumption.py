@@ -38,12 +38,9 @@ QUEUES = 4
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("consumption") / "store",
-                      properties={"defaultTopicQueueNums": QUEUES})
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("consumption") / "store",
+                      properties={"defaultTopicQueueNums": QUEUES}) as tree:
+        yield tree
 
 
 @pytest.fixture(scope="module")

@@ -174,11 +174,8 @@ def await_change(what: str, client: RemotingClient, broker_addr: str, live: list
 
 @pytest.fixture
 def broker(tmp_path):
-    tree = BrokerTree(tmp_path / "store", properties={"channelExpiredTimeout": CHANNEL_EXPIRED_MS})
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path / "store", properties={"channelExpiredTimeout": CHANNEL_EXPIRED_MS}) as tree:
+        yield tree
 
 
 @pytest.fixture

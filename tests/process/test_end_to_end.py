@@ -24,14 +24,11 @@ MESSAGE_COUNT = int(os.environ.get("RMQD_E2E_MESSAGES", "100000"))
 
 @pytest.fixture
 def broker(tmp_path):
-    tree = BrokerTree(
+    with BrokerTree(
         tmp_path / "store",
         properties={"defaultTopicQueueNums": QUEUES_PER_TOPIC, "mappedFileSizeCommitLog": 64 << 20},
-    )
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    ) as tree:
+        yield tree
 
 
 def _body(i: int) -> bytes:

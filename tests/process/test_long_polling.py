@@ -28,11 +28,8 @@ DELIVERY_BOUND_MS = 500  # "a few ms" when idle; half the 1 s re-check that hide
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("long-polling") / "store")
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("long-polling") / "store") as tree:
+        yield tree
 
 
 def test_a_parked_pull_is_answered_within_milliseconds_of_a_send_at_one_message_per_second(broker):

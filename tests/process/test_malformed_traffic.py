@@ -18,11 +18,8 @@ pytestmark = pytest.mark.process
 
 @pytest.fixture
 def broker(tmp_path):
-    tree = BrokerTree(tmp_path / "store")
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path / "store") as tree:
+        yield tree
 
 
 def _exchange(addr: str, frames: list[bytes], timeout_ms: int = 2000) -> list[bytes] | None:

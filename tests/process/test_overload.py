@@ -31,12 +31,9 @@ FLOOD = 12_000
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("overload") / "store",
-                      properties={"shmRequestRingBytes": 4096, "defaultTopicQueueNums": 4})
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("overload") / "store",
+                      properties={"shmRequestRingBytes": 4096, "defaultTopicQueueNums": 4}) as tree:
+        yield tree
 
 
 def core_pids(broker: BrokerTree) -> dict[str, int]:

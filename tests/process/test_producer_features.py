@@ -31,12 +31,9 @@ QUEUES = 4
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("producer") / "store",
-                      properties={"defaultTopicQueueNums": QUEUES})
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("producer") / "store",
+                      properties={"defaultTopicQueueNums": QUEUES}) as tree:
+        yield tree
 
 
 @pytest.fixture

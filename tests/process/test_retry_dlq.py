@@ -28,12 +28,9 @@ MAX_RECONSUME = 3
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("retry") / "store",
-                      properties={"messageDelayLevel": " ".join(["1s"] * 18)})
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("retry") / "store",
+                      properties={"messageDelayLevel": " ".join(["1s"] * 18)}) as tree:
+        yield tree
 
 
 class FailingListener:

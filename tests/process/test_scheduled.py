@@ -49,11 +49,8 @@ class Arrivals:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    tree = BrokerTree(tmp_path_factory.mktemp("scheduled") / "store")
-    try:
-        yield tree.start()
-    finally:
-        tree.cleanup()
+    with BrokerTree(tmp_path_factory.mktemp("scheduled") / "store") as tree:
+        yield tree
 
 
 @pytest.fixture(scope="module")
