@@ -35,7 +35,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from rmqd.protocol import RequestCode, ResponseCode, decode_json_body  # noqa: E402
-from shm import attach_readonly, shm_path_for_store  # noqa: E402
+from shm import attach_readonly, remove_segment_of, shm_path_for_store  # noqa: E402
 from workers.supervisor import PROCESSES, broker_status  # noqa: E402
 
 BROKER_PROCESSES = tuple(name for name, *_ in PROCESSES)
@@ -135,6 +135,8 @@ class ThrowawayBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.wait(10)
         if not self.keep_store:
+            if not any(_alive(p) for p in self.known_pids):
+                remove_segment_of(self.store_dir)  # left behind when the tree had to be killed
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> ThrowawayBroker:

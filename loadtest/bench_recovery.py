@@ -43,6 +43,7 @@ from rmqd.store.consume_queue import ConsumeQueueStore  # noqa: E402
 from rmqd.store.dispatch import dispatch_record_to_cq  # noqa: E402
 from rmqd.store.files import create_abort  # noqa: E402
 from rmqd.store.index_file import IndexService  # noqa: E402
+from shm import remove_segment_of  # noqa: E402
 from workers.supervisor import PROCESSES, broker_status  # noqa: E402
 
 TOPIC = b"RecoveryBench"
@@ -224,6 +225,8 @@ def measure(sizes: list[int], tail: int, body_bytes: int, repeat: int, parent: s
                       flush=True)
         return rows
     finally:
+        for store_dir, _checkpoint in stores:
+            remove_segment_of(store_dir)  # every repetition ends with kill -9: nothing unlinked it
         shutil.rmtree(root, ignore_errors=True)
 
 

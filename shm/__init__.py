@@ -35,7 +35,7 @@ __all__ = [
     "DOORBELLS", "LAYOUT_VERSION", "POSITIONS", "PROCESS_SLOTS", "RINGS",
     "BrokerShm", "Doorbell", "Heartbeats", "Layout", "Positions", "Ring", "Segment", "ShmError",
     "ShmVersionMismatch", "attach_readonly", "create_broker_shm", "fence", "open_broker_shm",
-    "shm_path_for_store",
+    "remove_segment_of", "shm_path_for_store",
 ]
 
 
@@ -43,6 +43,20 @@ def shm_path_for_store(store_dir: str) -> str:
     """/dev/shm/rmqd-<first 16 hex of sha1(absolute store dir)>: one segment per store."""
     digest = hashlib.sha1(os.fsencode(os.path.abspath(store_dir))).hexdigest()
     return f"{SHM_DIR}/rmqd-{digest[:16]}"
+
+
+def remove_segment_of(store_dir: str) -> bool:
+    """Unlink the segment of a store whose broker is gone (after kill -9 nothing else does).
+
+    A graceful stop unlinks it; a killed tree leaves it for the next start of the same store to
+    reuse. Callers that throw the store away (tests, benchmarks) call this once every process of
+    the tree is dead, so /dev/shm does not fill with orphans. Returns whether a segment was there.
+    """
+    try:
+        os.unlink(shm_path_for_store(store_dir))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class BrokerShm:

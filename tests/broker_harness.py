@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from shm import remove_segment_of
 from tests.helpers import free_port, wait_until
 
 BROKER_PROCESSES = ("writer", "flusher", "dispatcher", "cleaner", "holder", "front")
@@ -172,6 +173,8 @@ class BrokerTree:
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in self.known_pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not any(_alive(p) for p in self.known_pids):
+            remove_segment_of(self.store_dir)  # a killed tree leaves its segment in /dev/shm
 
 
 def _alive(pid: int) -> bool:

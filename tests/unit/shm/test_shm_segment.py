@@ -125,3 +125,25 @@ def test_positions_land_exactly_where_the_layout_says(broker_shm) -> None:
         shm.positions.set(name, 0x0102030405060708 + index)
         raw = shm.segment.buf[Layout.position_offset(name):Layout.position_offset(name) + 8]
         assert struct.unpack("=q", raw) == (0x0102030405060708 + index,), name
+
+
+def test_remove_segment_of_unlinks_only_that_stores_segment(tmp_path):
+    # Given the segments of two stores, as two killed broker trees leave them
+    from shm import create_broker_shm, remove_segment_of, shm_path_for_store
+
+    paths = {name: shm_path_for_store(str(tmp_path / name)) for name in ("a", "b")}
+    for path in paths.values():
+        broker_shm, _fds = create_broker_shm(path, {})
+        broker_shm.close(close_eventfds=True)
+    try:
+        # When the first store's segment is removed
+        removed = remove_segment_of(str(tmp_path / "a"))
+        # Then exactly that file is gone, and a second call reports nothing to remove
+        assert removed is True
+        assert not os.path.exists(paths["a"])
+        assert os.path.exists(paths["b"])
+        assert remove_segment_of(str(tmp_path / "a")) is False
+    finally:
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)
