@@ -371,6 +371,9 @@ class BrokerConfig(_PropertiesConfig):
     """Store directory (commitlog/, consumequeue/, index/, config/, checkpoint, abort, lock); ~ expands."""
     mappedFileSizeCommitLog: int = _key(1 * GIB, _at_least(4096))
     """bytes per CommitLog file (1 GiB). A record never spans two files."""
+    warmMapedFileEnable: bool = _key(False)
+    """Touch every page of a new CommitLog file before use (RocketMQ's key, default false). SYNC_FLUSH
+    warms whatever this says: a group commit on a warmed file writes back only its own pages."""
     mappedFileSizeConsumeQueue: int = _key(300_000 * CQ_UNIT_SIZE, _multiple_of(CQ_UNIT_SIZE, "whole units"))
     """bytes per ConsumeQueue file: 300,000 units of 20 bytes."""
     maxMessageSize: int = _key(4 * MIB, _at_least(1))
@@ -502,6 +505,11 @@ class BrokerConfig(_PropertiesConfig):
     def flush_sync(self) -> bool:
         """True for SYNC_FLUSH: a send is acknowledged only after its fsync."""
         return self.flushDiskType == "SYNC_FLUSH"
+
+    @property
+    def warm_commit_log(self) -> bool:
+        """Whether new CommitLog files are warmed: always for SYNC_FLUSH, else warmMapedFileEnable."""
+        return self.flush_sync or self.warmMapedFileEnable
 
     @property
     def namesrv_addrs(self) -> list[str]:

@@ -56,7 +56,8 @@ class Writer(WorkerProcess):
             result.truncated_bytes,
             len(result.queue_offsets),
         )
-        self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=False)
+        self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=False,
+                                    warm=cfg.warm_commit_log)
         self.commit_log.set_write_pos(result.write_pos)
         self.commit_log.open_for_append()
         self.queue_offsets: dict[tuple[bytes, int], int] = {

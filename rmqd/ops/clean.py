@@ -166,7 +166,8 @@ class StoreCleaner:
         self.sleep = sleep
         self.policy = policy or CleanPolicy.from_config(cfg)
         self.file_size = cfg.mappedFileSizeCommitLog
-        self.commitlog = MappedFileQueue(cfg.commitlog_dir, self.file_size, readonly=True)
+        self.commitlog = MappedFileQueue(cfg.commitlog_dir, self.file_size, readonly=True,
+                                         warm=cfg.warm_commit_log)
         self.manual_passes_left = 0
         self.last_logic_min = 0  # RocketMQ lastPhysicalMinOffset: CQ/index cleaning ran up to here
 

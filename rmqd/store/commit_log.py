@@ -47,13 +47,13 @@ TOTALSIZE = struct.Struct(">i")
 class CommitLog:
     """The CommitLog files of one store, for the writer or for readers."""
 
-    def __init__(self, store_dir: str, file_size: int, *, readonly: bool) -> None:
+    def __init__(self, store_dir: str, file_size: int, *, readonly: bool, warm: bool = True) -> None:
         if file_size <= RECORD_FIXED_SIZE + BLANK_RECORD_SIZE:
             raise ValueError(f"CommitLog file size {file_size} is too small")
         self.dir = os.path.join(store_dir, "commitlog")
         self.file_size = file_size
         self.readonly = readonly
-        self.queue = MappedFileQueue(self.dir, file_size, readonly=readonly)
+        self.queue = MappedFileQueue(self.dir, file_size, readonly=readonly, warm=warm)
         self._write_pos = 0
         self._flushed_pos = self.queue.min_offset()
         self.records_scanned = 0  # set by recover()

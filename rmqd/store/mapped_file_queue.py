@@ -23,13 +23,16 @@ log = logging.getLogger("rmqd.store")
 class MappedFileQueue:
     """Files of one directory, sorted by start offset, mapped on open."""
 
-    def __init__(self, dir_path: str, file_size: int, *, readonly: bool, sparse: bool = False) -> None:
+    def __init__(self, dir_path: str, file_size: int, *, readonly: bool, sparse: bool = False,
+                 warm: bool = True) -> None:
+        """`warm`: touch every page of a new file through a mapping (mapped_file.prepare_file)."""
         if file_size <= 0:
             raise ValueError(f"file_size must be > 0, got {file_size}")
         self.dir = dir_path
         self.file_size = file_size
         self.readonly = readonly
         self.sparse = sparse
+        self.warm = warm
         self.files: list[MappedFile] = []
         self._by_start: dict[int, MappedFile] = {}
         if not readonly:
@@ -97,17 +100,17 @@ class MappedFileQueue:
                 f"{self.dir} is open read-only; cannot create {offset_to_name(start_offset)}")
         self._check_alignment(start_offset)
         path = self._path(start_offset)
-        mapped = MappedFile.create(path, self.file_size, sparse=self.sparse)
+        mapped = MappedFile.create(path, self.file_size, warm=self.warm, sparse=self.sparse)
         self._by_start[start_offset] = mapped
         self.files = [self._by_start[s] for s in sorted(self._by_start)]
         return mapped
 
-    def prepare(self, start_offset: int, *, warm: bool = True) -> None:
-        """Create and warm a future file on disk without mapping it here (off the writer's hot path)."""
+    def prepare(self, start_offset: int) -> None:
+        """Create (and warm) a future file on disk without mapping it here (off the writer's hot path)."""
         self._check_alignment(start_offset)
         if start_offset not in self._by_start:
             os.makedirs(self.dir, exist_ok=True)
-            prepare_file(self._path(start_offset), self.file_size, warm=warm, sparse=self.sparse)
+            prepare_file(self._path(start_offset), self.file_size, warm=self.warm, sparse=self.sparse)
 
     def truncate_after(self, offset: int) -> int:
         """Zero bytes from `offset` to the end of its file, in place; delete later files.

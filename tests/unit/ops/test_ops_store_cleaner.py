@@ -36,7 +36,7 @@ def store_with_files(cfg, messages: int = 300) -> tuple[list[int], FakePositions
     phys = fill_store(cfg, TOPIC, messages)
     write_pos = phys[-1]
     next_start = write_pos - write_pos % FILE_SIZE + FILE_SIZE
-    MappedFileQueue(cfg.commitlog_dir, FILE_SIZE, readonly=True).prepare(next_start, warm=False)
+    MappedFileQueue(cfg.commitlog_dir, FILE_SIZE, readonly=True, warm=False).prepare(next_start)
     return phys, FakePositions().caught_up(write_pos)
 
 
