@@ -296,3 +296,12 @@ def test_derived_values() -> None:
     levels_ms = cfg.delay_levels_ms
     assert len(levels_ms) == 18
     assert (levels_ms[0], levels_ms[2], levels_ms[4], levels_ms[-1]) == (1000, 10_000, 60_000, 7_200_000)
+
+
+@pytest.mark.parametrize(("flush", "warm_key", "expected"), [
+    ("ASYNC_FLUSH", "false", False), ("ASYNC_FLUSH", "true", True),
+    ("SYNC_FLUSH", "false", True), ("SYNC_FLUSH", "true", True),
+])
+def test_commit_log_files_are_warmed_for_sync_flush_or_when_asked(flush, warm_key, expected):
+    cfg = BrokerConfig.load(overrides={"flushDiskType": flush, "warmMapedFileEnable": warm_key})
+    assert cfg.warm_commit_log is expected
