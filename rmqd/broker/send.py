@@ -123,20 +123,21 @@ def _prepare_batch(
     topic: bytes, queue_id: int, sys_flag: int, born_ms: int, reconsume: int, fields: dict, body: memoryview
 ) -> PreparedSend | Rejection:
     messages: list[tuple[int, memoryview, bytes, int, int]] = []
-    total = 0
+    variable = 0  # body and properties bytes of every message
     try:
         for flag, msg_body, msg_props in codec.iter_batch(body):
-            if not len(msg_body):
+            if not msg_body:
                 return Rejection(
                     ResponseCode.MESSAGE_ILLEGAL, f"message {len(messages)} of the batch has an empty body"
                 )
             props = bytes(msg_props)
             messages.append((flag, msg_body, props, sys_flag, reconsume))
-            total += rec.record_size(len(msg_body), len(topic), len(props))
+            variable += len(msg_body) + len(props)
     except ProtocolError as exc:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, f"bad batch body: {exc}")
     if not messages:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, "the batch holds no messages")
+    total = variable + len(messages) * rec.record_size(0, len(topic), 0)  # every record: same topic
     return PreparedSend(topic, queue_id, messages, born_ms, _born_host(fields), total)
 
 
@@ -145,18 +146,5 @@ def encode_into(buf: memoryview, request_id: int, send: PreparedSend, store_host
     file_pos = ar.encode_append_request_head(
         buf, request_id, send.queue_id, len(send.messages), send.records_bytes, send.topic
     )
-    for flag, body, props, sys_flag, reconsume in send.messages:
-        file_pos += rec.encode_record(
-            buf,
-            file_pos,
-            topic=send.topic,
-            queue_id=send.queue_id,
-            body=body,
-            properties=props,
-            flag=flag,
-            sys_flag=sys_flag,
-            born_timestamp_ms=send.born_timestamp_ms,
-            born_host=send.born_host,
-            store_host=store_host,
-            reconsume_times=reconsume,
-        )
+    rec.encode_records(buf, file_pos, send.topic, send.queue_id, send.messages, send.born_timestamp_ms,
+                       send.born_host, store_host)

@@ -40,7 +40,8 @@ import functools
 import socket
 import struct
 import zlib
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from rmqd.errors import CorruptRecordError
 
@@ -281,6 +282,46 @@ def encode_record(
     pos += 2
     buf[pos:pos + props_len] = properties
     return total
+
+
+def encode_records(
+    buf, file_pos: int, topic: bytes, queue_id: int, messages: Sequence[tuple[int, Any, bytes, int, int]],
+    born_timestamp_ms: int, born_host: bytes, store_host: bytes,
+) -> int:
+    """Write the records of `messages` ((flag, body, properties, sys_flag, reconsume_times) each) back
+    to back at `file_pos`; return the end position. The front's hot path (one call per request).
+
+    Same bytes as `encode_record` per message, with the per-call work done once: the topic block,
+    the magic, and no keyword arguments. Broker-side fields (offsets, store time) are left 0 for the
+    writer to patch. Raises ValueError when the topic or any properties are too long.
+    """
+    topic_len = len(topic)
+    if topic_len <= MAX_TOPIC_BYTES_V1:
+        magic, topic_block = MESSAGE_MAGIC_V1, bytes((topic_len,)) + topic
+    elif topic_len <= 32767:
+        magic, topic_block = MESSAGE_MAGIC_V2, TOPIC_LEN_V2.pack(topic_len) + topic
+    else:
+        raise ValueError(f"topic is {topic_len} bytes, the maximum is 32767")
+    block_len = len(topic_block)
+    fixed = RECORD_FIXED_SIZE - 1 + block_len
+    pack_head, pack_props_len, crc32 = RECORD_HEAD.pack_into, PROPERTIES_LEN.pack_into, zlib.crc32
+    pos = file_pos
+    for flag, body, properties, sys_flag, reconsume_times in messages:
+        body_len, props_len = len(body), len(properties)
+        if props_len > MAX_PROPERTIES_BYTES:
+            raise ValueError(f"properties are {props_len} bytes, the maximum is {MAX_PROPERTIES_BYTES}")
+        total = fixed + body_len + props_len
+        pack_head(buf, pos, total, magic, crc32(body) & BODY_CRC_MASK, queue_id, flag, 0, 0, sys_flag,
+                  born_timestamp_ms, born_host, 0, store_host, reconsume_times, 0, body_len)
+        at = pos + BODY_POS
+        buf[at:at + body_len] = body
+        at += body_len
+        buf[at:at + block_len] = topic_block
+        at += block_len
+        pack_props_len(buf, at, props_len)
+        buf[at + 2:at + 2 + props_len] = properties
+        pos += total
+    return pos
 
 
 def patch_stored(buf, file_pos: int, queue_offset: int, phy_offset: int, store_timestamp_ms: int) -> None:

@@ -211,3 +211,33 @@ def test_offset_msg_id_is_upper_hex_of_host_and_phy_offset():
 def test_encode_refuses_oversized_properties():
     with pytest.raises(ValueError, match="properties"):
         _encode(bytearray(40000), properties=b"x" * 32768)
+
+
+@given(
+    topic=st.one_of(st.binary(min_size=1, max_size=127), st.binary(min_size=128, max_size=300)),
+    messages=st.lists(
+        st.tuples(st.integers(-2**31, 2**31 - 1), st.binary(min_size=1, max_size=300),
+                  st.binary(max_size=120), st.integers(0, 2**31 - 1), st.integers(0, 16)),
+        min_size=1, max_size=8),
+)
+def test_encode_records_writes_the_same_bytes_as_encode_record_per_message(topic, messages):
+    # Given the front's batch encoder and the one-record encoder over the same messages
+    born_host, store_host = r.encode_host("10.0.0.1", 4321), r.encode_host("127.0.0.1", 10911)
+    size = sum(r.record_size(len(body), len(topic), len(props)) for _f, body, props, _s, _c in messages)
+    batch, single = bytearray(size + 16), bytearray(size + 16)
+    # When both write the records back to back
+    end = r.encode_records(memoryview(batch), 8, topic, 5, messages, 1_700_000_000_123, born_host, store_host)
+    pos = 8
+    for flag, body, props, sys_flag, reconsume in messages:
+        pos += r.encode_record(single, pos, topic=topic, queue_id=5, body=body, properties=props, flag=flag,
+                               sys_flag=sys_flag, born_timestamp_ms=1_700_000_000_123, born_host=born_host,
+                               store_host=store_host, reconsume_times=reconsume)
+    # Then the bytes and the end position are identical
+    assert end == pos == size + 8
+    assert batch == single
+
+
+def test_encode_records_refuses_properties_over_32767_bytes():
+    with pytest.raises(ValueError, match="properties are 32768 bytes"):
+        r.encode_records(bytearray(40000), 0, b"T", 0, [(0, b"x", b"p" * 32768, 0, 0)], 0,
+                         bytes(8), bytes(8))
