@@ -153,11 +153,18 @@ class MappedFileQueue:
         fsync_dir(self.dir)
 
     def flush(self, start_offset: int, end_offset: int) -> None:
-        """msync every byte in [start_offset, end_offset) across files."""
+        """msync every byte in [start_offset, end_offset) across files.
+
+        A file another process created since our last look is mapped first (one directory scan,
+        only then); a range whose file is gone (deleted by the cleaner) has nothing to flush.
+        """
         offset = start_offset
         while offset < end_offset:
             file_end = self.file_start(offset) + self.file_size
             found = self.find(offset)
+            if found is None and not self.readonly:
+                self.refresh()
+                found = self.find(offset)
             if found is not None:
                 mapped, file_pos = found
                 mapped.flush(file_pos, file_pos + min(end_offset, file_end) - offset)
