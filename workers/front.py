@@ -555,8 +555,18 @@ class Front(WorkerProcess):
             self.register_broker()
         if now >= self.next_offset_persist:
             self.next_offset_persist = now + self.cfg.flushConsumerOffsetInterval / 1000.0
-            self.offsets.maybe_persist()
+            self._persist_offsets()
         self.commit_log.refresh()
+
+    def _persist_offsets(self) -> None:
+        """Write consumerOffset.json if it changed; a failed write (disk full, read-only disk) is
+        logged and retried at the next interval, with the table still in memory and still dirty."""
+        try:
+            self.offsets.maybe_persist()
+        except OSError as exc:
+            log.error("cannot write %s (%s): consumer offsets stay in memory only; retrying in %.0f s. "
+                      "Free disk space under %s", self.offsets.path, exc,
+                      self.cfg.flushConsumerOffsetInterval / 1000.0, self.cfg.store_dir)
 
     def _register_now(self) -> None:
         self.next_register = 0.0
@@ -621,8 +631,11 @@ class Front(WorkerProcess):
             self.ack_ring.wait(0.05)
             self._take_acks()
             self._answer_flushed()
-        self.offsets.persist()
-        self.topics.persist()
+        for table in (self.offsets, self.topics):
+            try:
+                table.persist()
+            except OSError as exc:  # e.g. disk full: the previous file (or its .bak) stays valid
+                log.error("cannot write %s at stop (%s); it keeps its previous content", table.path, exc)
         self.register_broker(RequestCode.UNREGISTER_BROKER)
         self.router.close(linger=500)
         for dealer in self.namesrvs:

@@ -101,12 +101,18 @@ def atomic_write_json(path: str, obj: Any) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
+    data = memoryview(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        written = 0
+        while written < len(data):  # a short write (disk filling up) must not pass as a whole file
+            written += os.write(fd, data[written:])
         os.fsync(fd)
-    finally:
+    except OSError:
         os.close(fd)
+        os.unlink(tmp)  # nothing half-written is left behind; `path` and `path.bak` are untouched
+        raise
+    os.close(fd)
     if os.path.exists(path):
         os.replace(path, path + ".bak")
     os.replace(tmp, path)

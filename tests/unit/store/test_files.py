@@ -1,6 +1,7 @@
 """Store lock, abort marker, atomic JSON with .bak fallback."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -83,3 +84,28 @@ def test_a_damaged_or_missing_json_falls_back_to_bak_and_says_so(tmp_path, caplo
 
 def test_reading_json_that_never_existed_gives_none(tmp_path):
     assert read_json_with_bak(str(tmp_path / "nothing.json")) is None
+
+
+def test_a_write_that_fills_the_disk_leaves_the_previous_json_and_no_tmp(tmp_path, monkeypatch):
+    # Given a table already on disk
+    path = str(tmp_path / "consumerOffset.json")
+    atomic_write_json(path, {"offsetTable": {"a": 1}})
+    # And a disk that takes 10 bytes, then answers ENOSPC (a short write first, as Linux does)
+    real_write = os.write
+    calls = []
+
+    def filling_write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", filling_write)
+    # When the next version is written
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_json(path, {"offsetTable": {"a": 2, "b": 3}})
+    monkeypatch.setattr(os, "write", real_write)
+    # Then the short write was not taken for a whole file: the old table is intact, no tmp is left
+    assert calls[0] > 10 and len(calls) == 2
+    assert read_json_with_bak(path) == {"offsetTable": {"a": 1}}
+    assert sorted(os.listdir(tmp_path)) == ["consumerOffset.json"]
