@@ -11,7 +11,8 @@ On crash:    restartable: resumes at the checkpoint's cq_dispatch_pos; re-puttin
 
 cq_flush_pos (which the flusher writes into the checkpoint as cq_dispatch_pos AND
 index_dispatch_pos) is published only after both the ConsumeQueues and the index files are
-flushed up to it. With messageIndexEnable=false no index is built.
+flushed up to it. With messageIndexEnable=false no index is built. The records of a window are
+dispatched in batches by rmqd/store/dispatch.py `dispatch_range`, the code recovery uses too.
 
 Order matters for readers (rmqd/broker/pull.py): units are written first, dispatch_pos is
 published after, and only then are arrivals announced, so a woken pull always finds its units.
@@ -31,13 +32,14 @@ from rmqd.broker.hold import Arrival, arrival_size, encode_arrival
 from rmqd.store.checkpoint import Checkpoint
 from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import ConsumeQueueStore
-from rmqd.store.dispatch import dispatch_record_to_cq
+from rmqd.store.dispatch import dispatch_range
 from rmqd.store.index_file import IndexService
 from workers.base import WorkerProcess, run_from_argv
 
 log = logging.getLogger("rmqd.dispatcher")
 # Bound one run_once so heartbeats and arrivals keep flowing during a large catch-up. It must exceed
-# two largest records (4 MiB body each) plus a file-end blank so that every window makes progress.
+# two largest records (4 MiB body each) plus a file-end blank so that every window makes progress
+# (a record crossing the window's end is left for the next window).
 MAX_DISPATCH_BYTES = 32 << 20
 WRITE_RETRY_S = 1.0
 
@@ -93,28 +95,21 @@ class Dispatcher(WorkerProcess):
 
     def dispatch_upto(self, target: int, write_pos: int) -> None:
         """Dispatch the records in [dispatch_pos, target); write_pos is a record boundary."""
-        arrivals: dict[tuple[str, int], int] = {}
         self.commit_log.refresh()
-        end = self.dispatch_pos
-        cq_store, delay_levels_ms, index = self.cq_store, self.delay_levels_ms, self.index
-        records = self.commit_log.iter_dispatch(self.dispatch_pos, target)
-        try:
-            for phy_offset, record in records:
-                if dispatch_record_to_cq(cq_store, phy_offset, record, delay_levels_ms):
-                    arrivals[(record.topic, record.queue_id)] = record.queue_offset + 1
-                if index is not None:
-                    index.build_for_record(phy_offset, record)
-                end = phy_offset + record.total_size
+        result = dispatch_range(self.commit_log, self.cq_store, self.index, self.dispatch_pos, target,
+                                self.delay_levels_ms)
+        end = result.end
+        if result.error is not None:  # no room for ConsumeQueue or index blocks: see the module docstring
+            self._pause(result.error, end)
+        else:
             # write_pos is published only at group ends, so reaching it means every record (and any
             # blank at a file end) below it is done; in a capped window, stop after the last record.
             if target == write_pos:
                 end = write_pos
             self.retry_at = 0.0
-        except OSError as exc:  # no room for ConsumeQueue or index blocks: see the module docstring
-            self._pause(exc, end)
         self.dispatch_pos = end
         self.positions.set_dispatch_pos(end)
-        self._announce(arrivals)
+        self._announce(result.arrivals)
 
     def _pause(self, exc: OSError, end: int) -> None:
         if self.index is not None:

@@ -31,21 +31,28 @@ a file's bytes (for `rmqd inspect index` and `rmqd verify`).
 
 Concurrency: one writer process (the dispatcher), any number of readers (`readonly=True`). The
 writer stores an entry before its slot and the header last, so a reader never follows a slot to
-an unwritten entry. Readers always read the header from the mapping; the writer keeps a copy
+an unwritten entry; `put_hashes` (the dispatcher's batches) stores a batch's entries, then its
+slots, then the header once. Readers always read the header from the mapping; the writer keeps a copy
 (it is the only one changing it). Not thread-safe.
 """
 from __future__ import annotations
 
+import array
+import collections
 import dataclasses
 import errno
+import itertools
 import logging
+import operator
 import os
 import struct
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from rmqd.errors import CorruptFileError
 from rmqd.store.mapped_file import MappedFile, fsync_dir, remove_stale_tmp_files
+from rmqd.store.packing import RunPacker
 from rmqd.store.record import MessageRecord, Prop, SysFlag, java_string_hash
 
 log = logging.getLogger("rmqd.store")
@@ -65,6 +72,15 @@ DEFAULT_MAX_INDEX_COUNT = 20_000_000
 # the entries 1 MiB (~52,000 entries) ahead (MappedFile.reserve): a full disk then fails a put
 # with OSError(ENOSPC) instead of killing the dispatcher with SIGBUS.
 ENTRY_RESERVE_BYTES = 1 << 20
+
+
+class IndexPutError(Exception):
+    """IndexService.put_hashes stopped by a write error (`cause`, e.g. ENOSPC) after `done` entries."""
+
+    def __init__(self, done: int, cause: OSError) -> None:
+        super().__init__(f"index put stopped after {done} entries: {cause}")
+        self.done = done
+        self.cause = cause
 
 
 @dataclasses.dataclass(slots=True)
@@ -121,6 +137,54 @@ def index_keys_of(record: MessageRecord) -> list[str]:
     if text:
         keys += [key for key in text.split(Prop.KEY_SEPARATOR) if key]
     return keys
+
+
+# put_hashes reads and writes the big-endian i32 hash slots through a native-int view of the slot
+# table, converting a whole batch at once with array.byteswap (in C) on little-endian machines.
+_NATIVE_IS_BIG = sys.byteorder == "big"
+# Entries per put_hashes call: the slots of a batch are read, then written; with up to ~1000 of
+# them their pages stay in the TLB and caches between the two (4096 at once: 40 % slower per entry).
+ENTRIES_PER_PUT = 1024
+_ENTRIES = RunPacker(">iqii")  # INDEX_ENTRY, for put_hashes
+
+
+def _from_big_endian(values: list[int]) -> list[int]:
+    if _NATIVE_IS_BIG:
+        return values
+    converted = array.array("i", values)
+    converted.byteswap()
+    return converted.tolist()
+
+
+def _to_big_endian(values: Iterable[int]) -> Iterable[int]:
+    if _NATIVE_IS_BIG:
+        return values
+    converted = array.array("i", values)
+    converted.byteswap()
+    return converted
+
+
+def _chain_within_batch(slots: list[int], prevs: list[int], first_index: int) -> None:
+    """Set prevs[k] to the batch's previous entry of the same slot, where there is one."""
+    count = len(slots)
+    firsts = dict(zip(reversed(slots), range(first_index + count - 1, first_index - 1, -1)))
+    later = itertools.compress(range(count), map(operator.ne, map(firsts.__getitem__, slots),
+                                                 range(first_index, first_index + count)))
+    newest: dict[int, int] = {}
+    for k in later:  # only the entries whose slot an earlier entry of the batch has: few
+        slot = slots[k]
+        prevs[k] = newest.get(slot) or firsts[slot]
+        newest[slot] = first_index + k
+
+
+def _time_diffs(store_ms: Sequence[int], begin_ms: int) -> list[int]:
+    """timeDiff of each entry: seconds since the file's begin, clamped to [0, MAX_TIME_DIFF_S]."""
+    if begin_ms <= 0:
+        return [0] * len(store_ms)
+    diffs = [(ms - begin_ms) // 1000 for ms in store_ms]
+    if min(diffs) < 0 or max(diffs) > MAX_TIME_DIFF_S:
+        diffs = [min(max(diff, 0), MAX_TIME_DIFF_S) for diff in diffs]
+    return diffs
 
 
 def index_file_name(now_ms: int) -> str:
@@ -228,11 +292,61 @@ class IndexFile:
         encode_index_header(mv, header)  # header last: readers never follow a slot past index_count
         return True
 
-    def _reserve(self, entry_pos: int) -> None:
+    def put_hashes(self, key_hashes: Sequence[int], phy_offsets: Sequence[int], store_ms: Sequence[int],
+                   start: int) -> int:
+        """Append entries start.. of the three parallel lists, as many as fit (at most ENTRIES_PER_PUT);
+        returns where it stopped.
+
+        The batch form of `put_hash` (the dispatcher's hot path, dispatch.py), with the same bytes as
+        that many put_hash calls: prev = the slot's value (validated the same way), and a slot hit
+        twice chains within the batch. Entries first, then the slots, then the header once, so a
+        reader never follows a slot past index_count. Raises OSError (ENOSPC) before writing anything
+        when the disk has no room for the entries.
+        """
+        header = self._live_header()
+        first = header.index_count
+        stop = min(len(key_hashes), start + self.max_index_count - first, start + ENTRIES_PER_PUT)
+        count = stop - start
+        if count <= 0:
+            return start
+        first_pos = self._entries_pos + first * INDEX_ENTRY_SIZE
+        if first_pos + count * INDEX_ENTRY_SIZE > self._reserved_end:
+            self._reserve(first_pos, first_pos + count * INDEX_ENTRY_SIZE)  # OSError: nothing written
+        hashes = key_hashes[start:stop]
+        if first <= 1:  # as put_hash: begin* from the file's first entry
+            header.begin_phy_offset, header.begin_timestamp_ms = phy_offsets[start], store_ms[start]
+        # Per entry work in C (map, dict, slices, struct): this runs for every key of every message.
+        max_slots = self.max_hash_slots
+        slots = [key_hash % max_slots for key_hash in hashes]
+        indexes = range(first, first + count)
+        with self.mapped.mv[INDEX_HEADER_SIZE:self._entries_pos].cast("i") as slot_view:
+            prevs = _from_big_endian(list(map(slot_view.__getitem__, slots)))
+            if min(prevs) < INVALID_INDEX or max(prevs) >= first:  # as put_hash: 0 unless in 1..index
+                prevs = [prev if INVALID_INDEX < prev <= index else INVALID_INDEX
+                         for prev, index in zip(prevs, indexes)]
+            heads = dict(zip(slots, indexes))  # each slot's newest entry (the last one wins)
+            if len(heads) < count:  # a slot hit twice: the later entry's prev is the earlier one
+                _chain_within_batch(slots, prevs, first)
+            entries = [0] * (4 * count)
+            entries[0::4] = hashes
+            entries[1::4] = phy_offsets[start:stop]
+            entries[2::4] = _time_diffs(store_ms[start:stop], header.begin_timestamp_ms)
+            entries[3::4] = prevs
+            _ENTRIES.pack(self.mapped.mv, first_pos, entries, 0, count)
+            collections.deque(map(slot_view.__setitem__, heads, _to_big_endian(heads.values())), maxlen=0)
+        header.hash_slot_count += prevs.count(INVALID_INDEX)
+        header.index_count = first + count
+        header.end_phy_offset, header.end_timestamp_ms = phy_offsets[stop - 1], store_ms[stop - 1]
+        encode_index_header(self.mapped.mv, header)  # header last: readers never follow a slot past it
+        return stop
+
+    def _reserve(self, entry_pos: int, end_pos: int = 0) -> None:
+        """Allocate blocks for entries from entry_pos (to at least end_pos, 1 MiB ahead)."""
         if not self._reserved_end:  # first put through this object: the header and every slot
             self.mapped.reserve(0, self._entries_pos)
-        self.mapped.reserve(entry_pos, entry_pos + ENTRY_RESERVE_BYTES)
-        self._reserved_end = entry_pos + ENTRY_RESERVE_BYTES
+        end = max(end_pos, entry_pos + ENTRY_RESERVE_BYTES)
+        self.mapped.reserve(entry_pos, end)
+        self._reserved_end = end
 
     def is_time_matched(self, begin_ms: int, end_ms: int) -> bool:
         """Whether [begin_ms, end_ms] overlaps this file's time range (RocketMQ isTimeMatched)."""
@@ -403,12 +517,34 @@ class IndexService:
             self._dirty.append(index_file)
         return index_file
 
+    def newest_end_phy_offset(self) -> int | None:
+        """endPhyOffset of the newest file, None if it has no entry: records at or below are indexed."""
+        return self.files[-1].end_phy_offset() if self.files else None
+
+    def put_hashes(self, key_hashes: Sequence[int], phy_offsets: Sequence[int],
+                   store_ms: Sequence[int]) -> None:
+        """Append one entry per element of the parallel lists, in order, rolling to new files as
+        `put_hash` would (the dispatcher's batch path; the hashes are `index_key_hash` values).
+
+        Raises IndexPutError when the disk has no room: entries before its `done` stay written.
+        """
+        done = 0
+        while done < len(key_hashes):
+            try:
+                put_upto = self._file_for_put().put_hashes(key_hashes, phy_offsets, store_ms, done)
+            except OSError as exc:
+                raise IndexPutError(done, exc) from exc
+            if put_upto == done:  # a new file without room (max_index_count <= 1): as put_hash, drop
+                break
+            done = put_upto
+
     def build_for_record(self, phy_offset: int, record: MessageRecord) -> int:
         """Index the record's keys (`index_keys_of`); returns the number of keys put.
 
         Records at or below the newest file's endPhyOffset are skipped (already indexed: a safety
         net; recovery and the dispatcher cut the entries past their resume point before
-        re-indexing). Runs per dispatched record: about 2 us per key (docs/BENCHMARKS.md).
+        re-indexing). About 2 us per key: the dispatcher and recovery index through
+        `put_hashes` (dispatch.py) and use this per record only after a ConsumeQueue write error.
         """
         keys = index_keys_of(record)
         if not keys:

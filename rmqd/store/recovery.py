@@ -12,7 +12,8 @@ Work is bounded by the data written after the checkpoint, never by the store siz
      and index entries (newest files) at or past index_dispatch_pos;
   4. re-put the ConsumeQueue unit of every record from cq_dispatch_pos to the end (idempotent;
      dispatch.py decides the unit, skipping prepared/rolled-back transactional records), and
-     re-index the keys of every record from index_dispatch_pos (IndexService.build_for_record);
+     re-index the keys of every record from index_dispatch_pos (both by dispatch.dispatch_range,
+     the dispatcher's code);
   5. fsync the CommitLog range scanned, the ConsumeQueues and the index, then write the
      checkpoint with commitlog_flush_pos = cq_dispatch_pos = index_dispatch_pos = end.
 
@@ -31,7 +32,7 @@ from rmqd.errors import CorruptFileError
 from rmqd.store.checkpoint import Checkpoint, CheckpointData
 from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import DEFAULT_CQ_FILE_SIZE, ConsumeQueueStore
-from rmqd.store.dispatch import DEFAULT_DELAY_LEVELS_MS, dispatch_record_to_cq
+from rmqd.store.dispatch import DEFAULT_DELAY_LEVELS_MS, dispatch_range
 from rmqd.store.index_file import DEFAULT_MAX_HASH_SLOTS, DEFAULT_MAX_INDEX_COUNT, IndexService
 
 log = logging.getLogger("rmqd.store")
@@ -148,13 +149,14 @@ def _recover(stores: _Stores, data: CheckpointData, abnormal: bool, delay_levels
 
 def _redispatch(stores: _Stores, cq_start: int, index_start: int, end: int, delay_levels_ms: Sequence[int],
                 result: RecoveryResult) -> int:
-    """Re-put CQ units from cq_start and index keys from index_start up to end; returns last store time."""
-    last_store_ms = 0
-    for phy, record in stores.commit_log.iter_records(min(cq_start, index_start), end, verify_crc=False):
-        if phy >= cq_start:
-            put = dispatch_record_to_cq(stores.cq_store, phy, record, delay_levels_ms)
-            result.cq_units_redispatched += put
-        if stores.index is not None and phy >= index_start:
-            result.index_keys_rebuilt += stores.index.build_for_record(phy, record)
-        last_store_ms = record.store_timestamp_ms
-    return last_store_ms
+    """Re-put CQ units from cq_start and index keys from index_start up to end; returns last store time.
+
+    The dispatcher's code (dispatch.dispatch_range), so recovery writes what the dispatcher would.
+    """
+    done = dispatch_range(stores.commit_log, stores.cq_store, stores.index, min(cq_start, index_start), end,
+                          delay_levels_ms, cq_from=cq_start, index_from=index_start)
+    if done.error is not None:
+        raise done.error
+    result.cq_units_redispatched += done.cq_units
+    result.index_keys_rebuilt += done.index_keys
+    return done.last_store_ms
