@@ -53,10 +53,11 @@ class ProcessQueue:
     def remove(self, messages: list[MessageExt]) -> int:
         """Forget consumed messages; return the queue's offset to commit now."""
         with self._lock:
+            cached = self._messages
             for message in messages:
-                if self._messages.pop(message.queue_offset, None) is not None:
+                if cached.pop(message.queue_offset, None) is not None:
                     self._bytes -= len(message.body)
-            return self._commit_offset()
+            return next(iter(cached)) if cached else self.next_offset
 
     def commit_offset(self) -> int:
         """The smallest offset in flight, or the next offset to pull when nothing is."""

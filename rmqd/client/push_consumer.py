@@ -37,9 +37,10 @@ does.
 
 Offsets: a queue's offset is the smallest offset still in its ProcessQueue (cached or being
 consumed) or, when nothing is, the next offset to pull. A slow message holds the commit back,
-never the consumption of the others, and nothing is committed before it was consumed. Offsets are
-persisted every persist_consumer_offset_interval_ms (5 s), for a queue given up by a rebalance
-before it is released, and at shutdown; where to: see _offset_store.py.
+never the consumption of the others, and nothing is committed before it was consumed. A consumed
+message only leaves its ProcessQueue; the queues' offsets are read from them and persisted every
+persist_consumer_offset_interval_ms (5 s), for a queue given up by a rebalance before it is
+released, and at shutdown; where to: see _offset_store.py.
 
 Rebalance: strategies in _rebalance.py, allocation in _consumer_core.py. A queue given up stops
 being pulled at once, its ProcessQueue is dropped (results still in flight are discarded), and
@@ -130,6 +131,7 @@ class PushConsumer:
             raise MQClientError(f"consume_thread_min {consume_thread_min} is above "
                                 f"consume_thread_max {consume_thread_max}")
         self.group = validate_group(group)
+        self._retry_topic = RETRY_TOPIC_PREFIX + self.group
         self.client_id = new_client_id()
         self.allocate = allocation_strategy(allocate_strategy)
         self.consume_thread_max = consume_thread_max
@@ -343,8 +345,18 @@ class PushConsumer:
         return complete
 
     def _persist_offsets(self) -> None:
+        """Store each owned queue's commit offset (the smallest in flight) and persist them all.
+
+        Consuming a message only removes it from its ProcessQueue; the offset table learns the
+        queue's new commit offset here (every persist interval, at shutdown) and when a queue is
+        given up, instead of once per message. Under the lock, so a queue being released (dropped,
+        then removed from the table under the lock) never gets its offset written back.
+        """
         with self._lock:
             queues = list(self._table)
+            for pq in self._table.values():
+                if not pq.dropped:
+                    self._offsets.update(pq.queue, pq.commit_offset(), increase_only=True)
         for error in self._offsets.persist(queues):
             log.warning("offset commit of group %s failed: %s", self.group, error)
 
@@ -421,9 +433,15 @@ class PushConsumer:
         self._offsets.update(pq.queue, pq.commit_offset())
 
     def _submit(self, pq: ProcessQueue, messages: list[MessageExt]) -> None:
-        size = self.consume_message_batch_max_size
+        if pq.dropped:
+            return
+        size, submit, consume = self.consume_message_batch_max_size, self._pool.submit, self._consume
+        if size == 1:  # the default: one task per message
+            for message in messages:
+                submit(consume, pq, [message])
+            return
         for start in range(0, len(messages), size):
-            self._submit_batch(pq, messages[start:start + size])
+            submit(consume, pq, messages[start:start + size])
 
     def _submit_batch(self, pq: ProcessQueue, batch: list[MessageExt]) -> None:
         if not pq.dropped:
@@ -433,12 +451,18 @@ class PushConsumer:
 
     def _consume(self, pq: ProcessQueue, batch: list[MessageExt]) -> None:
         """A pool task (the pool's busy flag is up while it runs: see ConsumePool)."""
-        if pq.dropped or not self._running:
+        if pq.dropped or self._state != "RUNNING":
             return
+        retry_topic = self._retry_topic
         for message in batch:  # RocketMQ resetRetryAndNamespace: the listener sees the original topic
-            message.topic = message.properties.get(Prop.RETRY_TOPIC, message.topic)
+            if message.topic == retry_topic:
+                message.topic = message.get_property(Prop.RETRY_TOPIC) or retry_topic
         status = self._call_listener(pq, batch)
-        if not pq.dropped:
+        if pq.dropped:
+            return
+        if status is ConsumeStatus.CONSUME_SUCCESS:
+            pq.remove(batch)  # the common case of _process_result, without its call
+        else:
             self._process_result(pq, batch, status)
 
     def _call_listener(self, pq: ProcessQueue, batch: list[MessageExt]) -> ConsumeStatus:
@@ -467,7 +491,7 @@ class PushConsumer:
         elif status is ConsumeStatus.RECONSUME_LATER:
             log.warning("BROADCASTING: %d messages of %s failed and are dropped (offsets %s)", len(batch),
                         pq.queue, [message.queue_offset for message in batch])
-        self._offsets.update(pq.queue, pq.remove(batch), increase_only=True)
+        pq.remove(batch)  # the offset table learns the new commit offset in _persist_offsets
 
     def _send_back(self, pq: ProcessQueue, message: MessageExt) -> bool:
         """CONSUMER_SEND_MSG_BACK, else a copy sent to %RETRY%group (RocketMQ sendMessageBack)."""
