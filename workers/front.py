@@ -495,7 +495,7 @@ class Front(WorkerProcess):
                 suspend_ms = self.cfg.shortPollingTimeMills
             if self._park(identity, topic, queue_id, queue_offset, suspend_ms, frame):
                 return None
-        body = b"".join(result.buffers) if result.buffers else b""
+        body = list(result.buffers) if result.buffers else b""  # joined once, into the frame
         self.pulled += result.message_count
         fields = {
             "nextBeginOffset": result.next_offset,

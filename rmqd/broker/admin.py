@@ -40,7 +40,7 @@ class Reply:
     code: int = ResponseCode.SUCCESS
     remark: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
-    body: bytes | memoryview = b""
+    body: bytes | memoryview | list[bytes | memoryview] = b""  # a list: parts (codec.encode_response)
 
 
 @dataclass
