@@ -13,17 +13,19 @@ SCHEDULE_TOPIC_XXXX it is the delivery time in ms: STORETIMESTAMP + delay of the
 topic rmq_sys_wheel_timer it is STORETIMESTAMP + the queue's constant delay. Index keys are
 `index_keys_of` (UNIQ_KEY, then each KEYS key; none for rolled-back records).
 
-Batch path (`dispatch_range`): the per-record helpers below (`cq_tags_code`, `dispatch_record_to_cq`,
-IndexService.build_for_record) cost about 8 us per record with the index; the dispatcher is the
-write path's biggest CPU user. So `dispatch_range` copies up to DISPATCH_CHUNK_BYTES of the
-CommitLog at a time and walks its records in one loop (`_scan`): the fixed fields with one
-unpack, TAGS / UNIQ_KEY / KEYS found with bytes searches in the properties (a property `NAME` is
-the last b"\x02NAME\x01" or a leading b"NAME\x01", exactly what decode_properties' dict holds),
-key hashes computed on the bytes. Records of the delay and timer topics and records with
-non-ASCII properties take the per-record helpers instead (decode_properties), which keeps their
-rarer rules in one place. The chunk's units are then written per run of consecutive queue
-offsets (ConsumeQueue.put_units) and its keys with IndexService.put_hashes. Both produce the same
-bytes as the per-record helpers (tests/unit/store/test_dispatch_batch.py compares them).
+Batch path (`dispatch_range`): the per-record helpers below (`cq_tags_code`,
+`dispatch_record_to_cq`, IndexService.build_for_record) cost about 8 us per record with the index;
+the dispatcher is the write path's biggest CPU user. So `dispatch_range` copies up to
+DISPATCH_CHUNK_BYTES of the CommitLog at a time and walks its records in one loop (`_scan`): the
+fixed fields with one unpack, TAGS / UNIQ_KEY / KEYS found with bytes searches in the properties (a
+property `NAME` is the last b"\x02NAME\x01" or a leading b"NAME\x01", exactly what
+decode_properties' dict holds), the keys' bytes collected and hashed for the whole chunk at once
+with numpy (`_index_entries`: index_file.index_key_hashes, ~50 ns a key; one by one below
+NUMPY_MIN_KEYS keys). Records of the delay and timer topics and records with non-ASCII properties
+take the per-record helpers instead (decode_properties), which keeps their rarer rules in one place.
+The chunk's units are then written per run of consecutive queue offsets (ConsumeQueue.put_units) and
+its keys with IndexService.put_hashes (numpy for big batches too). Both produce the same bytes as
+the per-record helpers (tests/unit/store/test_dispatch_batch.py compares them).
 A write error (ENOSPC) stops at the exact record that could not be written, as the dispatcher's
 pause needs (see `_apply`).
 Module state: two bounded caches (topic names, tags codes); single-threaded use.
@@ -34,9 +36,18 @@ import dataclasses
 import struct
 from collections.abc import Sequence
 
+import numpy as np
+
 from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import ConsumeQueueStore
-from rmqd.store.index_file import IndexPutError, IndexService, build_key, index_key_hash, index_keys_of
+from rmqd.store.index_file import (
+    IndexPutError,
+    IndexService,
+    build_key,
+    index_key_hash,
+    index_key_hashes,
+    index_keys_of,
+)
 from rmqd.store.record import (
     ASCII_TO_QUOTIENT_DIGIT,
     ASCII_TO_REMAINDER_DIGIT,
@@ -121,6 +132,9 @@ _NO_PHY = 1 << 62  # past any phy_offset
 # raw topic -> (topic, batchable, Java hash of "topic#" as u32); batchable: not a delay/timer topic, ASCII
 _TOPICS: dict[bytes, tuple[str, bool, int]] = {}
 _TAGS_CODES: dict[bytes, int] = {}  # raw ASCII TAGS value -> tags_hash
+# A batch with fewer keys hashes them one by one (_key_hash, ~0.45 us a key): index_key_hashes costs
+# ~8 us a call plus ~50 ns a key (measured crossover: ~20 keys).
+NUMPY_MIN_KEYS = 20
 # 31^n mod 2^32: hash(prefix + key) = hash(prefix) * 31^len(key) + hash(key) (mod 2^32)
 _POW31 = [pow(31, n, 1 << 32) for n in range(FAST_HASH_MAX_CHARS + 1)]
 
@@ -139,13 +153,17 @@ class DispatchResult:
 
 @dataclasses.dataclass(slots=True)
 class _Batch:
-    """One scanned chunk: its units in runs, its index entries, and where the scan stopped."""
+    """One scanned chunk: its units in runs, its index keys, and where the scan stopped."""
 
     # each run: [(topic, queue_id), first queue_offset, next queue_offset, phy, size, tags_code, ...]
     runs: list[list] = dataclasses.field(default_factory=list)
-    hashes: list[int] = dataclasses.field(default_factory=list)  # index entries, parallel lists
+    # Index entries, parallel lists: the ASCII key bytes (hashed together by _index_entries), the
+    # Java hash of its "topic#" (u32), the record's phy and store time.
+    keys: list[bytes] = dataclasses.field(default_factory=list)
+    prefixes: list[int] = dataclasses.field(default_factory=list)
     phys: list[int] = dataclasses.field(default_factory=list)
     store_ms: list[int] = dataclasses.field(default_factory=list)
+    hashed: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (entry, hash) of _scan_one's
     stop: int = 0  # buffer position of the first record not scanned (after the last one scanned)
     blank: bool = False  # stopped at the file's end-of-file blank record
     last_store_ms: int = 0
@@ -208,21 +226,35 @@ def _apply(batch: _Batch, buf: bytes, base_phy: int, cq_store: ConsumeQueueStore
         _dispatch_one_by_one(buf, base_phy, batch.stop, cq_store, index, delay_levels_ms, cq_from,
                              index_from, result)
         return result.error is None
-    if index is not None and batch.hashes:
+    if index is not None and batch.keys:
+        hashes, phys, store_ms = _index_entries(batch)
         try:
-            index.put_hashes(batch.hashes, batch.phys, batch.store_ms)
+            index.put_hashes(hashes, phys, store_ms)
         except IndexPutError as err:
-            result.end = batch.phys[err.done]
+            result.end = int(phys[err.done])
             result.error = err.cause
             index.truncate_beyond(result.end)  # the keys that record got (dispatch_pos stays before it)
             _add_runs(batch.runs, result, below_phy=result.end)
             result.index_keys += err.done
             return False
     _add_runs(batch.runs, result, below_phy=_NO_PHY)
-    result.index_keys += len(batch.hashes)
+    result.index_keys += len(batch.keys)
     result.end = base_phy + batch.stop
     result.last_store_ms = batch.last_store_ms
     return True
+
+
+def _index_entries(batch: _Batch) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
+    """(key hashes, phys, store times) of the batch's index entries, for IndexService.put_hashes; the
+    hashes by index_key_hashes (a numpy array) from NUMPY_MIN_KEYS keys on, one by one below."""
+    keys = batch.keys
+    if len(keys) >= NUMPY_MIN_KEYS:
+        hashes = index_key_hashes(np.array(batch.prefixes, np.uint32), keys)
+    else:  # the live dispatcher's usual case (a few records per write group): keep it lean
+        hashes = list(map(_key_hash, batch.prefixes, keys))
+    for at, key_hash in batch.hashed:
+        hashes[at] = key_hash
+    return hashes, batch.phys, batch.store_ms
 
 
 def _add_runs(runs: list[list], result: DispatchResult, below_phy: int) -> None:
@@ -277,8 +309,14 @@ def _tags_code(raw_tags: bytes) -> int:
 
 
 def _key_hash(prefix_hash: int, key: bytes) -> int:
-    """index_key_hash(topic + "#" + key) from the hash of "topic#" (any length of ASCII key)."""
-    h = (prefix_hash * pow(31, len(key), 1 << 32) + java_hash_u32_ascii(key)) & 0xFFFFFFFF
+    """index_key_hash(topic + "#" + key) from the hash of "topic#" (any length of ASCII key): the
+    small batches' one-by-one form of index_key_hashes (java_hash_u32_ascii inlined up to its limit)."""
+    length = len(key)
+    if length <= FAST_HASH_MAX_CHARS:
+        h = (prefix_hash * _POW31[length] + 31 * int(key.translate(ASCII_TO_QUOTIENT_DIGIT), 31)
+             + int(key.translate(ASCII_TO_REMAINDER_DIGIT), 31)) & 0xFFFFFFFF
+    else:
+        h = (prefix_hash * pow(31, length, 1 << 32) + java_hash_u32_ascii(key)) & 0xFFFFFFFF
     return h if h < 0x80000000 else (0x100000000 - h) & 0x7FFFFFFF
 
 
@@ -288,9 +326,9 @@ def _scan(buf: bytes, base_phy: int, cq_min: int, index_min: int, delay_levels_m
     # Locals for the loop; see the module docstring for the property search rule.
     batch = _Batch()
     runs, open_runs = batch.runs, {}
-    add_hash, add_phy, add_store_ms = batch.hashes.append, batch.phys.append, batch.store_ms.append
-    unpack, topics, tags_codes, pow31 = DISPATCH_HEAD.unpack_from, _TOPICS, _TAGS_CODES, _POW31
-    quotient, remainder, max_fast = ASCII_TO_QUOTIENT_DIGIT, ASCII_TO_REMAINDER_DIGIT, FAST_HASH_MAX_CHARS
+    add_key, add_prefix = batch.keys.append, batch.prefixes.append
+    add_phy, add_store_ms = batch.phys.append, batch.store_ms.append
+    unpack, topics, tags_codes = DISPATCH_HEAD.unpack_from, _TOPICS, _TAGS_CODES
     size = len(buf)
     pos = last_store_ms = 0
     try:
@@ -341,17 +379,11 @@ def _scan(buf: bytes, base_phy: int, cq_min: int, index_min: int, delay_levels_m
                     if found or props[:5] == b"KEYS\x01":
                         keys += (rest if found else props[5:]).partition(b"\x02")[0].split(b" ")
                     for key in keys:
-                        length = len(key)
-                        if 0 < length <= max_fast:
-                            h = (prefix_hash * pow31[length] + 31 * int(key.translate(quotient), 31)
-                                 + int(key.translate(remainder), 31)) & 0xFFFFFFFF
-                            add_hash(h if h < 0x80000000 else (0x100000000 - h) & 0x7FFFFFFF)
-                        elif length:
-                            add_hash(_key_hash(prefix_hash, key))
-                        else:
-                            continue
-                        add_phy(base_phy + pos)
-                        add_store_ms(store_ms)
+                        if key:
+                            add_key(key)
+                            add_prefix(prefix_hash)
+                            add_phy(base_phy + pos)
+                            add_store_ms(store_ms)
             pos, last_store_ms = end, store_ms
     except struct.error:  # fewer than 88 bytes left: a short end-of-file blank, or the chunk's end
         batch.blank = size - pos >= 8 and peek_size_magic(buf, pos)[1] == BLANK_MAGIC
@@ -377,8 +409,11 @@ def _scan_one(buf: bytes, pos: int, base_phy: int, cq_min: int, index_min: int,
                 runs.append(run)
             open_runs[queue_key] = [queue_key, record.queue_offset, record.queue_offset + 1,
                                     phy, record.total_size, code]
-    if pos >= index_min:
-        for key in index_keys_of(record):
-            batch.hashes.append(index_key_hash(build_key(record.topic, key)))
-            batch.phys.append(phy)
-            batch.store_ms.append(record.store_timestamp_ms)
+    keys = index_keys_of(record) if pos >= index_min else ()
+    if keys:  # hashed here (UTF-16 units for non-ASCII text); placeholders in batch.keys
+        batch.hashed += [(len(batch.keys) + n, index_key_hash(build_key(record.topic, key)))
+                         for n, key in enumerate(keys)]
+        batch.keys += [b"-"] * len(keys)
+        batch.prefixes += [0] * len(keys)
+        batch.phys += [phy] * len(keys)
+        batch.store_ms += [record.store_timestamp_ms] * len(keys)

@@ -190,15 +190,33 @@ def test_the_mixed_store_exercises_every_case_the_batch_path_must_match(mixed_st
     assert sum(name.startswith("consumequeue") for name in reference) >= 10
 
 
-@pytest.mark.parametrize(("chunk_bytes", "entries_per_put"), [
-    (dispatch.DISPATCH_CHUNK_BYTES, index_file.ENTRIES_PER_PUT), (3000, 7), (100, 1)])
+NUMPY_ALWAYS, NUMPY_NEVER = 1, 1 << 40  # thresholds for the numpy key hashing and index puts
+
+
+def _use_numpy_from(monkeypatch, min_entries: int | None, entries_per_numpy_put: int | None = None) -> None:
+    """Take the numpy paths (key hashes, index puts) from `min_entries` on (None: the defaults)."""
+    if min_entries is not None:
+        monkeypatch.setattr(dispatch, "NUMPY_MIN_KEYS", min_entries)
+        monkeypatch.setattr(index_file, "NUMPY_MIN_ENTRIES", min_entries)
+    if entries_per_numpy_put is not None:
+        monkeypatch.setattr(index_file, "ENTRIES_PER_NUMPY_PUT", entries_per_numpy_put)
+
+
+@pytest.mark.parametrize(("chunk_bytes", "entries_per_put", "numpy_from", "entries_per_numpy_put"), [
+    (dispatch.DISPATCH_CHUNK_BYTES, index_file.ENTRIES_PER_PUT, None, None), (3000, 7, None, None),
+    (100, 1, None, None), (dispatch.DISPATCH_CHUNK_BYTES, 7, NUMPY_ALWAYS, 5),
+    (3000, index_file.ENTRIES_PER_PUT, NUMPY_NEVER, None)],
+    ids=["defaults", "small-chunks", "record-chunks", "numpy-always", "numpy-never"])
 def test_the_batch_path_writes_the_same_bytes_as_the_per_record_path(mixed_store, tmp_path, monkeypatch,
-                                                                       chunk_bytes, entries_per_put):
-    # Given a copy of the mixed CommitLog (chunks smaller than one record force whole-record re-reads)
+                                                                       chunk_bytes, entries_per_put,
+                                                                       numpy_from, entries_per_numpy_put):
+    # Given a copy of the mixed CommitLog (chunks smaller than one record force whole-record re-reads),
+    # and the numpy paths taken from the defaults' sizes, always (puts split every 5 entries) or never
     source, phys, reference, reference_arrivals = mixed_store
     store_dir = _copy(source, tmp_path)
     monkeypatch.setattr(dispatch, "DISPATCH_CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(index_file, "ENTRIES_PER_PUT", entries_per_put)
+    _use_numpy_from(monkeypatch, numpy_from, entries_per_numpy_put)
     # When it is dispatched by the batch path in one range
     log = CommitLog(store_dir, CL_FILE_SIZE, readonly=True)
     cq_store, index = _stores(store_dir)
@@ -319,11 +337,13 @@ def _batch_stop_then_resume(store_dir: str, end: int, disk: _FullDisk) -> tuple[
         log.close()
 
 
+@pytest.mark.parametrize("numpy_from", [NUMPY_ALWAYS, NUMPY_NEVER], ids=["numpy", "lists"])
 @pytest.mark.parametrize("refused", ["the fourth index file", "a second ConsumeQueue file"])
 def test_a_write_error_stops_where_the_per_record_path_stops_and_resuming_gives_the_same_bytes(
-        mixed_store, tmp_path, monkeypatch, refused):
-    # Given a disk with no room for one file's blocks
+        mixed_store, tmp_path, monkeypatch, refused, numpy_from):
+    # Given a disk with no room for one file's blocks (and the batch path's numpy or list puts)
     source, phys, reference, _ = mixed_store
+    _use_numpy_from(monkeypatch, numpy_from)
     if refused == "the fourth index file":
         refuses = _refuse_index_files_after(3)
     else:
