@@ -305,3 +305,7 @@ def test_derived_values() -> None:
 def test_commit_log_files_are_warmed_for_sync_flush_or_when_asked(flush, warm_key, expected):
     cfg = BrokerConfig.load(overrides={"flushDiskType": flush, "warmMapedFileEnable": warm_key})
     assert cfg.warm_commit_log is expected
+
+
+def test_commit_log_files_are_warmed_by_default():
+    assert BrokerConfig.load().warm_commit_log is True
