@@ -11,8 +11,12 @@ On crash:    restartable: resumes at the checkpoint's cq_dispatch_pos; re-puttin
 
 cq_flush_pos (which the flusher writes into the checkpoint as cq_dispatch_pos AND
 index_dispatch_pos) is published only after both the ConsumeQueues and the index files are
-flushed up to it. With messageIndexEnable=false no index is built. The records of a window are
-dispatched in batches by rmqd/store/dispatch.py `dispatch_range`, the code recovery uses too.
+flushed up to it. The msyncs run in one background thread (RocketMQ's FlushConsumeQueueService is
+a thread of its own too): the loop takes the dirty ranges every flushIntervalConsumeQueue, hands
+them over and keeps dispatching; a flush of the scattered index pages takes 5-25 ms, which
+in the loop stalled every consumer's delivery that long once a second. With messageIndexEnable=false
+no index is built. The records of a window are dispatched in batches by rmqd/store/dispatch.py
+`dispatch_range`, the code recovery uses too.
 
 Order matters for readers (rmqd/broker/pull.py): units are written first, dispatch_pos is
 published after, and only then are arrivals announced, so a woken pull always finds its units.
@@ -25,8 +29,11 @@ up to dispatch_pos). A stop while paused exits without dispatching the rest (rec
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from rmqd.broker.hold import Arrival, arrival_size, encode_arrival
 from rmqd.store.checkpoint import Checkpoint
@@ -34,6 +41,7 @@ from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import ConsumeQueueStore
 from rmqd.store.dispatch import dispatch_range
 from rmqd.store.index_file import IndexService
+from rmqd.store.mapped_file import MappedFile
 from workers.base import WorkerProcess, run_from_argv
 
 log = logging.getLogger("rmqd.dispatcher")
@@ -62,6 +70,9 @@ class Dispatcher(WorkerProcess):
         self.delay_levels_ms = cfg.delay_levels_ms
         self.next_cq_flush = time.monotonic() + self.flush_interval_s
         self.flushed_upto = self.dispatch_pos
+        self.flush_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cq-flush")
+        self.flush_job: Future | None = None
+        self.flush_job_upto = self.dispatch_pos
         self.retry_at = 0.0  # while in the future: paused after a write error (full disk)
         self.add_wait_source(self.shm.doorbells["dispatch"], self._can_dispatch)
         log.info("dispatching from phy offset %d", self.dispatch_pos)
@@ -89,6 +100,8 @@ class Dispatcher(WorkerProcess):
         if self._can_dispatch():
             self.dispatch_upto(min(write_pos, self.dispatch_pos + MAX_DISPATCH_BYTES), write_pos)
             did = True
+        if self.flush_job is not None and self.flush_job.done():
+            self._finish_flush_job()
         if time.monotonic() >= self.next_cq_flush:
             self.flush_consume_queues()
         return did
@@ -130,31 +143,70 @@ class Dispatcher(WorkerProcess):
             ring.commit(0)
         ring.publish()
 
-    def flush_consume_queues(self) -> None:
+    def flush_consume_queues(self, *, wait: bool = False) -> None:
+        """Start an msync of everything dispatched so far in the flush thread (`wait`: and finish
+        it here). While the previous one still runs, wait for the next interval."""
         self.next_cq_flush = time.monotonic() + self.flush_interval_s
+        if self.flush_job is not None:
+            if not (wait or self.flush_job.done()):
+                return
+            self._finish_flush_job()
         if self.index is not None:
             self.index.refresh()  # unmap index files the cleaner deleted, so their space is freed
         if self.flushed_upto == self.dispatch_pos:
             return
-        upto = self.dispatch_pos
-        self.cq_store.flush_all()
+        ranges = self.cq_store.take_flush_ranges()
         if self.index is not None:
-            self.index.flush()
-        self.flushed_upto = upto
-        self.positions.set_cq_flush_pos(upto)
+            ranges += self.index.take_flush_ranges()
+        self.flush_job_upto = self.dispatch_pos
+        self.flush_job = self.flush_thread.submit(msync_ranges, ranges)
+        if wait:
+            self._finish_flush_job()
+
+    def _finish_flush_job(self) -> None:
+        """Publish cq_flush_pos once the flush thread is done (re-raises its OSError)."""
+        job, self.flush_job = self.flush_job, None
+        if job is None:
+            return
+        job.result()
+        self.flushed_upto = self.flush_job_upto
+        self.positions.set_cq_flush_pos(self.flushed_upto)
 
     def idle_timeout(self) -> float:
         wake_at = min(self.next_cq_flush, self.retry_at) if self.retry_at else self.next_cq_flush
+        if self.flush_job is not None:
+            return 0.005  # publish cq_flush_pos soon after the flush thread finishes
         return max(0.001, min(wake_at - time.monotonic(), 1.0))
 
     def teardown(self) -> None:
         while (write_pos := self.positions.write_pos) > self.dispatch_pos and not self.retry_at:
             self.dispatch_upto(min(write_pos, self.dispatch_pos + MAX_DISPATCH_BYTES), write_pos)
-        self.flush_consume_queues()
+        self.flush_consume_queues(wait=True)
+        self.flush_thread.shutdown()
         self.cq_store.close_all()
         if self.index is not None:
             self.index.close()
         log.info("dispatched and flushed up to %d", self.dispatch_pos)
+
+
+def msync_ranges(ranges: list[tuple[MappedFile, int, int]]) -> None:
+    """The flush thread's job: msync each (mapping, start, end). A mapping the loop closed meanwhile
+    (a queue evicted from the open set, a file the cleaner deleted) is synced through its path
+    instead, and a file that is gone needs nothing."""
+    for mapped, start, end in ranges:
+        try:
+            mapped.flush(start, end)
+        except (ValueError, OSError) as exc:  # ValueError: mmap closed; ENOMEM: unmapped during msync
+            if isinstance(exc, OSError) and exc.errno != errno.ENOMEM:
+                raise
+            try:
+                fd = os.open(mapped.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

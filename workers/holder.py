@@ -1,7 +1,7 @@
 """Holder: long polling (RocketMQ's PullRequestHoldService) as its own process.
 
 Reads shm:   ring "park" (front -> holder: pulls that found nothing), ring "arrival"
-             (dispatcher -> holder: a queue's new max offset)
+             (dispatcher -> holder: a queue's new max offset), positions.dispatch_pos
 Writes shm:  ring "wake" (holder -> front: the parked pull, to be run again), heartbeats[holder]
 Files:       consumequeue/* (read-only: the re-check after parking)
 On crash:    restartable; pulls parked at that moment are lost and their clients time out and
@@ -49,6 +49,7 @@ class Holder(WorkerProcess):
         self.park_ring = self.shm.rings["park"]
         self.arrival_ring = self.shm.rings["arrival"]
         self.wake_ring = self.shm.rings["wake"]
+        self.positions = self.shm.positions
         self.parked: dict[tuple[bytes, int], list[ParkedPull]] = {}
         self.deadlines: list[tuple[int, int, ParkedPull]] = []  # heap of (deadline_ms, seq, pull)
         self.parked_count = 0
@@ -154,8 +155,34 @@ class Holder(WorkerProcess):
         return self.parked_count != before
 
     def _max_offset(self, topic: bytes, queue_id: int) -> int:
+        """The queue's max offset counting only units the dispatcher has published.
+
+        The dispatcher writes units before it publishes dispatch_pos (and announces arrivals only
+        after), so the ConsumeQueue can show units the front's pull may not serve yet. Waking a pull
+        on those made the front answer it "no new message" at once, and the client backed off
+        50 ms: the tail of the end-to-end latency. Units are in phy order, so the unpublished ones
+        are the last ones: one read when the newest unit is published (the usual case), else a
+        binary search for the first unpublished one.
+        """
         try:
-            return self.cq_store.get(topic.decode(), queue_id).max_offset()
+            cq = self.cq_store.get(topic.decode(), queue_id)
+            dispatch_pos = self.positions.dispatch_pos
+
+            def published(offset: int) -> bool:
+                unit = cq.read_range(offset, 1)
+                return bool(unit) and unit[0][0] + unit[0][1] <= dispatch_pos
+
+            low, high = 0, cq.max_offset()  # the answer is in [low, high]
+            if high == 0 or published(high - 1):
+                return high
+            high -= 1
+            while low < high:
+                middle = (low + high) // 2
+                if published(middle):
+                    low = middle + 1
+                else:
+                    high = middle
+            return low
         except (OSError, ValueError):
             return 0
 

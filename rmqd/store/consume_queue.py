@@ -126,9 +126,16 @@ class ConsumeQueue:
 
     def flush(self) -> None:
         """msync the units put since the last flush."""
-        if self._dirty_end > self._dirty_start:
-            self.queue.flush(self._dirty_start, self._dirty_end)
+        for mapped, start, end in self.take_flush_ranges():
+            mapped.flush(start, end)
+
+    def take_flush_ranges(self) -> list[tuple[MappedFile, int, int]]:
+        """The file ranges put since the last flush, to msync now (here or in a flushing thread);
+        the queue counts them as flushed from here on."""
+        ranges = self.queue.flush_ranges(self._dirty_start, self._dirty_end) \
+            if self._dirty_end > self._dirty_start else []
         self._dirty_start = self._dirty_end = 0
+        return ranges
 
     # ---- read -------------------------------------------------------------------------------
 
@@ -291,8 +298,12 @@ class ConsumeQueueStore:
         return sorted(found)
 
     def flush_all(self) -> None:
-        for queue in self._open.values():
-            queue.flush()
+        for mapped, start, end in self.take_flush_ranges():
+            mapped.flush(start, end)
+
+    def take_flush_ranges(self) -> list[tuple[MappedFile, int, int]]:
+        """Every open queue's `take_flush_ranges`, together."""
+        return [piece for queue in self._open.values() for piece in queue.take_flush_ranges()]
 
     def close_all(self) -> None:
         while self._open:

@@ -730,10 +730,15 @@ class IndexService:
 
     def flush(self) -> None:
         """msync the files written since the last flush."""
-        for index_file in self._dirty:
-            if index_file in self.files:
-                index_file.flush()
+        for mapped, start, end in self.take_flush_ranges():
+            mapped.flush(start, end)
+
+    def take_flush_ranges(self) -> list[tuple[MappedFile, int, int]]:
+        """(mapping, 0, size) of every file written since the last flush, to msync now (here or in
+        a flushing thread); they count as flushed from here on."""
+        ranges = [(f.mapped, 0, f.mapped.file_size) for f in self._dirty if f in self.files]
         self._dirty = []
+        return ranges
 
     def close(self) -> None:
         for index_file in self.files:

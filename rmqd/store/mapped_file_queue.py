@@ -153,11 +153,18 @@ class MappedFileQueue:
         fsync_dir(self.dir)
 
     def flush(self, start_offset: int, end_offset: int) -> None:
-        """msync every byte in [start_offset, end_offset) across files.
+        """msync every byte in [start_offset, end_offset) across files."""
+        for mapped, start, end in self.flush_ranges(start_offset, end_offset):
+            mapped.flush(start, end)
+
+    def flush_ranges(self, start_offset: int, end_offset: int) -> list[tuple[MappedFile, int, int]]:
+        """The (file, file_pos start, file_pos end) pieces of [start_offset, end_offset) to msync.
 
         A file another process created since our last look is mapped first (one directory scan,
         only then); a range whose file is gone (deleted by the cleaner) has nothing to flush.
+        Callers that msync in another thread resolve the pieces here, in the owning thread.
         """
+        pieces = []
         offset = start_offset
         while offset < end_offset:
             file_end = self.file_start(offset) + self.file_size
@@ -167,8 +174,9 @@ class MappedFileQueue:
                 found = self.find(offset)
             if found is not None:
                 mapped, file_pos = found
-                mapped.flush(file_pos, file_pos + min(end_offset, file_end) - offset)
+                pieces.append((mapped, file_pos, file_pos + min(end_offset, file_end) - offset))
             offset = file_end
+        return pieces
 
     def close(self) -> None:
         for mapped in self.files:

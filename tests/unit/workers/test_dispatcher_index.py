@@ -17,6 +17,8 @@ from rmqd.store.index_file import IndexService
 from rmqd.store.mapped_file import MappedFile
 from rmqd.store.verify import verify_store
 from shm import create_broker_shm
+from tests.helpers import wait_until
+from workers import dispatcher as dispatcher_module
 from workers.dispatcher import Dispatcher
 from workers.writer import Writer
 
@@ -84,18 +86,32 @@ def test_dispatched_records_are_found_by_key_and_by_unique_key(tmp_path, shm):
     dispatcher.teardown()
 
 
-def test_cq_flush_pos_is_published_only_after_the_index_is_flushed(tmp_path, shm):
+def test_cq_flush_pos_is_published_only_after_the_index_is_flushed(tmp_path, shm, monkeypatch):
+    # Given a dispatcher with dispatched records and a spy on the flush thread's msyncs
     cfg = _config(tmp_path)
     os.makedirs(cfg.store_dir)
     _write(cfg, shm, ["a", "b", "c"])
     dispatcher = Dispatcher(cfg, shm)
     dispatcher.setup()
     dispatcher.run_once()
+    index_paths = {index_file.mapped.path for index_file in dispatcher.index.files}
     seen_at_index_flush = []
-    real_flush = dispatcher.index.flush
-    dispatcher.index.flush = lambda: (seen_at_index_flush.append(shm.positions.cq_flush_pos), real_flush())
+    real_msync = dispatcher_module.msync_ranges
+
+    def spy(ranges):
+        if any(mapped.path in index_paths for mapped, _start, _end in ranges):
+            seen_at_index_flush.append(shm.positions.cq_flush_pos)
+        real_msync(ranges)
+
+    monkeypatch.setattr(dispatcher_module, "msync_ranges", spy)
+    # When the flush interval comes, the flush thread finishes, and the loop runs again
     dispatcher.next_cq_flush = 0.0
     dispatcher.run_once()
+    wait_until(lambda: dispatcher.flush_job is not None and dispatcher.flush_job.done(), 10,
+               "the flush thread's job to finish")
+    assert shm.positions.cq_flush_pos == 0  # not before the loop saw the job done
+    dispatcher.run_once()
+    # Then the index was msynced while cq_flush_pos was still 0, and only then was it published
     assert seen_at_index_flush == [0]
     assert shm.positions.cq_flush_pos == shm.positions.dispatch_pos > 0
     dispatcher.teardown()
@@ -175,3 +191,20 @@ def test_a_full_disk_pauses_dispatch_without_a_crash_and_it_resumes_exactly(tmp_
     assert [len(reader.query("Orders", f"UNIQ{i:04d}")) for i in range(12)] == [1] * 12
     reader.close()
     assert verify_store(cfg.store_dir) == []
+
+
+def test_the_flush_thread_syncs_a_mapping_closed_meanwhile_through_its_path(tmp_path, monkeypatch):
+    # Given two mapped files the dispatcher's loop closed after handing their ranges over, one deleted
+    kept, gone = (MappedFile.create(str(tmp_path / name), 8192, sparse=True) for name in ("kept", "gone"))
+    kept.mv[0:4] = b"unit"
+    for mapped in (kept, gone):
+        mapped.close()
+    os.unlink(gone.path)
+    synced = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                     real_fdatasync(fd)))
+    # When the flush thread's job runs over their ranges
+    dispatcher_module.msync_ranges([(kept, 0, 8192), (gone, 0, 8192)])
+    # Then the surviving file was fdatasync'ed by path and the deleted one skipped, without an error
+    assert synced == [kept.path]

@@ -70,11 +70,14 @@ def woken(shm) -> list[bytes]:
     return frames
 
 
-def put_units(cq_store, queue_id: int, count: int) -> None:
+def put_units(cq_store, queue_id: int, count: int, shm=None, *, publish: bool = True) -> None:
+    """Write units as the dispatcher does, then (publish) move dispatch_pos past their records."""
     queue = cq_store.get(TOPIC, queue_id)
     start = queue.max_offset()
     for offset in range(start, start + count):
         queue.put(offset, 1000 + offset * 100, 100, 0)
+    if publish and shm is not None:
+        shm.positions.set_dispatch_pos(max(shm.positions.dispatch_pos, 1000 + (start + count) * 100))
 
 
 def test_a_parked_pull_is_held_until_an_arrival_passes_its_offset(holder_parts):
@@ -87,7 +90,7 @@ def test_a_parked_pull_is_held_until_an_arrival_passes_its_offset(holder_parts):
     arrive(shm, 5, queue_id=1)
     holder.run_once()
     assert woken(shm) == []
-    put_units(cq_store, 0, 1)
+    put_units(cq_store, 0, 1, shm)
     arrive(shm, 1)
     holder.run_once()
     assert woken(shm) == [b"frame-p"] and holder.parked_count == 0
@@ -96,7 +99,7 @@ def test_a_parked_pull_is_held_until_an_arrival_passes_its_offset(holder_parts):
 def test_a_pull_parked_after_its_message_arrived_is_woken_by_the_recheck(holder_parts):
     holder, shm, cq_store = holder_parts
     # Given the dispatcher announced offset 0 BEFORE the front's pull reached the holder
-    put_units(cq_store, 0, 1)
+    put_units(cq_store, 0, 1, shm)
     arrive(shm, 1)
     holder.run_once()
     park(shm, 0)
@@ -122,7 +125,7 @@ def test_pulls_stay_parked_while_the_wake_ring_is_full(holder_parts):
     for i in range(120):
         park(shm, 0, tag=str(i).encode())
         holder.run_once()
-    put_units(cq_store, 0, 1)
+    put_units(cq_store, 0, 1, shm)
     arrive(shm, 1)
     # When the front drains the wake ring between rounds
     delivered: list[bytes] = []
@@ -134,3 +137,19 @@ def test_pulls_stay_parked_while_the_wake_ring_is_full(holder_parts):
     # Then every pull is answered exactly once, none is lost
     assert sorted(delivered) == sorted(b"frame-" + str(i).encode() for i in range(120))
     assert holder.parked_count == 0
+
+
+def test_a_parked_pull_is_not_woken_by_units_the_dispatcher_has_not_published(holder_parts):
+    holder, shm, cq_store = holder_parts
+    # Given a unit written to the ConsumeQueue, its dispatch position not yet published
+    put_units(cq_store, 0, 1, shm, publish=False)
+    # When a pull for that offset is parked
+    park(shm, 0)
+    holder.run_once()
+    # Then it stays parked (the front could not serve it yet) ...
+    assert woken(shm) == [] and holder.parked_count == 1
+    # ... until the dispatcher publishes and announces it
+    shm.positions.set_dispatch_pos(1000 + 100)
+    arrive(shm, 1)
+    holder.run_once()
+    assert woken(shm) == [b"frame-p"] and holder.parked_count == 0
