@@ -75,10 +75,15 @@ class Doorbell:
         _FENCE_LOCK.acquire()
         _FENCE_LOCK.release()
 
-    def disarm(self) -> None:
-        """Consumer: the wait is over (woken or timed out); clear the flag and swallow pending rings."""
+    def disarm(self, drain: bool = True) -> None:
+        """Consumer: the wait is over (woken or timed out); clear the flag and swallow pending rings.
+
+        `drain=False` skips the read when the caller's poll showed this fd quiet: a ring that lands
+        in between only costs one spurious wake-up later, never a lost one.
+        """
         self._waiting[0] = 0
-        self.drain()
+        if drain:
+            self.drain()
 
     def drain(self) -> None:
         """Reset the eventfd counter to zero without blocking."""

@@ -107,8 +107,10 @@ class Dispatcher(WorkerProcess):
         return did
 
     def dispatch_upto(self, target: int, write_pos: int) -> None:
-        """Dispatch the records in [dispatch_pos, target); write_pos is a record boundary."""
-        self.commit_log.refresh()
+        """Dispatch the records in [dispatch_pos, target); write_pos is a record boundary.
+
+        No directory scan here: CommitLog reads map a file the writer created when they reach it,
+        and files the cleaner deleted are released on its signal (WorkerProcess)."""
         result = dispatch_range(self.commit_log, self.cq_store, self.index, self.dispatch_pos, target,
                                 self.delay_levels_ms)
         end = result.end

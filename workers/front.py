@@ -204,18 +204,29 @@ class Front(WorkerProcess):
         return True
 
     def _wait(self) -> None:
+        """Block until a socket, a doorbell or housekeeping needs us. Sets `ready_socks`: what the
+        poll reported (None when it was skipped because work was already there), so the loop only
+        makes the syscalls that can find something: each zmq recv attempt and each eventfd read
+        is one, and on an idle broker they were most of a request's 0.5 ms in the front."""
         for doorbell, _ready in self.doorbells:
             doorbell.arm()
+        self.ready_socks: set | None = None
         if not any(ready() for _doorbell, ready in self.doorbells):
             timeout_s = max(0.0, min(self.next_housekeeping - time.monotonic(), 0.2))
-            for sock, _event in self.poller.poll(timeout_s * 1000):
-                if sock is self._signal_r:
-                    os.read(self._signal_r, 512)
+            self.ready_socks = {sock for sock, _event in self.poller.poll(timeout_s * 1000)}
+            if self._signal_r in self.ready_socks:
+                os.read(self._signal_r, 512)
         for doorbell, _ready in self.doorbells:
-            doorbell.disarm()
+            doorbell.disarm(drain=self.ready_socks is None or doorbell.fileno() in self.ready_socks)
 
     def _serve_requests(self) -> None:
         self.round_sends = 0
+        ready = self.ready_socks
+        if ready is not None and self.router not in ready and not self.backlog_since:
+            for dealer in self.namesrvs:
+                if dealer in ready:
+                    self._drain_namesrv(dealer)
+            return
         for _ in range(MAX_REQUESTS_PER_ROUND):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
@@ -233,6 +244,8 @@ class Front(WorkerProcess):
         else:  # a whole round and still more waiting: requests are queueing in front of us
             self.backlog_since = self.backlog_since or time.monotonic()
         for dealer in self.namesrvs:
+            if ready is not None and dealer not in ready:
+                continue
             self._drain_namesrv(dealer)
 
     def _serve(self, identity: bytes, frame: bytes) -> None:
