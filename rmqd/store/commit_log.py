@@ -100,8 +100,8 @@ class CommitLog:
         """
         self._file_for_write(self._write_pos)
 
-    def _file_for_write(self, phy_offset: int) -> MappedFile:
-        return self.queue.get_or_create(self.queue.file_start(phy_offset))
+    def _file_for_write(self, phy_offset: int, *, warm: bool | None = None) -> MappedFile:
+        return self.queue.get_or_create(self.queue.file_start(phy_offset), warm=warm)
 
     def append_records(
         self, src: memoryview, count: int, queue_offset: int, store_timestamp_ms: int,
@@ -116,7 +116,7 @@ class CommitLog:
         sizes = self._record_sizes(src, count)
         file_size = self.file_size
         phy = self._write_pos
-        mapped = self._file_for_write(phy)
+        mapped = self._file_for_write(phy, warm=False)  # never warm on the send path
         mv = mapped.mv
         file_pos = phy - mapped.start_offset
         phy_offsets: list[int] = []
@@ -130,7 +130,7 @@ class CommitLog:
             if j == i:  # the next record does not fit: end this file with a blank record, roll
                 encode_blank(mv, file_pos, file_size - file_pos)
                 phy += file_size - file_pos
-                mapped = self._file_for_write(phy)
+                mapped = self._file_for_write(phy, warm=False)  # never warm on the send path
                 mv, file_pos = mapped.mv, 0
                 continue
             mv[file_pos:file_pos + run] = src[src_pos:src_pos + run]

@@ -90,8 +90,9 @@ class MappedFileQueue:
         """End offset of the last file (0 when there is none)."""
         return self.files[-1].start_offset + self.file_size if self.files else 0
 
-    def get_or_create(self, start_offset: int) -> MappedFile:
-        """The file starting at `start_offset`, using a prepared one if present, else creating it."""
+    def get_or_create(self, start_offset: int, *, warm: bool | None = None) -> MappedFile:
+        """The file starting at `start_offset`, using a prepared one if present, else creating it
+        (warmed if `warm`, default: this queue's setting)."""
         mapped = self._by_start.get(start_offset)
         if mapped is not None:
             return mapped
@@ -100,7 +101,8 @@ class MappedFileQueue:
                 f"{self.dir} is open read-only; cannot create {offset_to_name(start_offset)}")
         self._check_alignment(start_offset)
         path = self._path(start_offset)
-        mapped = MappedFile.create(path, self.file_size, warm=self.warm, sparse=self.sparse)
+        mapped = MappedFile.create(path, self.file_size, warm=self.warm if warm is None else warm,
+                                   sparse=self.sparse)
         self._by_start[start_offset] = mapped
         self.files = [self._by_start[s] for s in sorted(self._by_start)]
         return mapped
