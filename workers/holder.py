@@ -11,7 +11,9 @@ A parked pull is woken when (a) an arrival shows its queue's max offset beyond t
 (b) the re-check right after parking finds messages already there (the dispatcher may have
 announced them between the front's read and our registration: no wake-up is lost), (c) its
 deadline passes (the front then answers NO_NEW_MSG), or (d) the once-a-second re-check of every
-parked queue finds new units (covers arrivals dropped while the arrival ring was full).
+parked queue finds new units (covers arrivals dropped while the arrival ring was full). The
+re-checks (b, d) count only units below the published dispatch_pos (`_max_offset`): the front
+serves nothing above it, so a wake-up there would only bounce back as NO_NEW_MSG.
 
 A pull is never dropped: when the wake ring is full it stays parked and is tried again every
 WAKE_RETRY_MS until the front has made room, so its client is answered a little late rather than
