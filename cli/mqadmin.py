@@ -7,6 +7,7 @@ remark and exits 1. The client is imported inside the commands, so `mqadmin --he
 """
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,18 +31,25 @@ Namesrv = Annotated[
 Topic = Annotated[str, typer.Option("-t", "--topic", help="Topic name.")]
 BrokerName = Annotated[str, typer.Option("-b", "--brokerName", help="Broker name (brokerName).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+TargetCluster = Annotated[
+    str | None, typer.Option("-c", "--clusterName", help="Every master broker of this cluster.")
+]
+TargetBroker = Annotated[str | None, typer.Option("-b", "--brokerAddr", help="This broker (host:port).")]
 DEFAULT_NAMESRV = "127.0.0.1:9876"
+
+
+class TrueFalse(enum.StrEnum):
+    """A boolean option written as RocketMQ's mqadmin takes it (`-s false`)."""
+
+    true = "true"
+    false = "false"
 
 
 @app.command("updateTopic")
 def update_topic(
     topic: Topic,
-    cluster: Annotated[
-        str | None, typer.Option("-c", "--clusterName", help="Create on every broker of this cluster.")
-    ] = None,
-    broker_addr: Annotated[
-        str | None, typer.Option("-b", "--brokerAddr", help="Create on this broker (host:port).")
-    ] = None,
+    cluster: TargetCluster = None,
+    broker_addr: TargetBroker = None,
     read_queue_nums: Annotated[int, typer.Option("-r", "--readQueueNums", min=1)] = 8,
     write_queue_nums: Annotated[int, typer.Option("-w", "--writeQueueNums", min=1)] = 8,
     perm: Annotated[
@@ -51,11 +59,50 @@ def update_topic(
     as_json: AsJson = False,
 ) -> None:
     """Create or update a topic on a cluster (-c) or one broker (-b)."""
-    if (cluster is None) == (broker_addr is None):
-        _output.error("give exactly one of -c CLUSTER and -b BROKERADDR", "mqadmin")
-        raise typer.Exit(EXIT_USAGE)
+    _one_target(cluster, broker_addr)
     _run(namesrv, as_json, lambda admin: admin.create_topic(
         topic, read_queue_nums, write_queue_nums, perm, cluster=cluster, broker_addr=broker_addr))
+
+
+@app.command("updateSubGroup")
+def update_sub_group(
+    group: Annotated[str, typer.Option("-g", "--groupName", help="Consumer group name.")],
+    cluster: TargetCluster = None,
+    broker_addr: TargetBroker = None,
+    consume_enable: Annotated[
+        TrueFalse, typer.Option("-s", "--consumeEnable", help="Allow pulls: true or false.")
+    ] = TrueFalse.true,
+    consume_broadcast_enable: Annotated[
+        TrueFalse, typer.Option("-d", "--consumeBroadcastEnable", help="Allow broadcasting: true or false.")
+    ] = TrueFalse.true,
+    retry_queue_nums: Annotated[int, typer.Option("-q", "--retryQueueNums", min=0)] = 1,
+    retry_max_times: Annotated[
+        int, typer.Option("-r", "--retryMaxTimes", min=0, help="Retries before the DLQ (16).")
+    ] = 16,
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Create or update a consumer group's config (consumeEnable, retryMaxTimes, ...)."""
+    _one_target(cluster, broker_addr)
+    _run(namesrv, as_json, lambda admin: admin.update_subscription_group(
+        group, consume_enable=consume_enable is TrueFalse.true,
+        consume_broadcast_enable=consume_broadcast_enable is TrueFalse.true,
+        retry_queue_nums=retry_queue_nums, retry_max_times=retry_max_times, cluster=cluster,
+        broker_addr=broker_addr))
+
+
+@app.command("deleteSubGroup")
+def delete_sub_group(
+    group: Annotated[str, typer.Option("-g", "--groupName", help="Consumer group name.")],
+    cluster: TargetCluster = None,
+    broker_addr: TargetBroker = None,
+    namesrv: Namesrv = DEFAULT_NAMESRV,
+    as_json: AsJson = False,
+) -> None:
+    """Delete a consumer group's config (its offsets stay)."""
+    _one_target(cluster, broker_addr)
+    _run(namesrv, as_json, lambda admin: admin.delete_subscription_group(
+        group, cluster=cluster, broker_addr=broker_addr))
 
 
 @app.command("topicList")
@@ -223,6 +270,13 @@ def _admin(namesrv: str) -> Iterator[Any]:
         yield admin
     finally:
         admin.shutdown()
+
+
+def _one_target(cluster: str | None, broker_addr: str | None) -> None:
+    """Exit with a usage error unless exactly one of -c and -b was given."""
+    if (cluster is None) == (broker_addr is None):
+        _output.error("give exactly one of -c CLUSTER and -b BROKERADDR", "mqadmin")
+        raise typer.Exit(EXIT_USAGE)
 
 
 def _run(namesrv: str, as_json: bool, call: Callable[[Any], object]) -> None:

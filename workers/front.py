@@ -35,6 +35,7 @@ from rmqd.broker.admin import AdminHandlers, ConsumerGroups, Reply, open_index_r
 from rmqd.broker.consumer_offsets import ConsumerOffsetManager
 from rmqd.broker.hold import ParkedPull, decode_parked_pull, encode_parked_pull, parked_pull_size
 from rmqd.broker.pull import GetStatus, MessageReader, tag_codes_of
+from rmqd.broker.subscription_group import SubscriptionGroupManager
 from rmqd.broker.topic_config import TopicConfigManager, topic_name_problem
 from rmqd.errors import ProtocolError
 from rmqd.ops.figures import SendRtRecorder
@@ -146,6 +147,9 @@ class Front(WorkerProcess):
         )
         self.topics.persist()
         self.offsets = ConsumerOffsetManager(os.path.join(cfg.config_dir, "consumerOffset.json"))
+        self.sub_groups = SubscriptionGroupManager(os.path.join(cfg.config_dir, "subscriptionGroup.json"),
+                                                   auto_create=cfg.autoCreateSubscriptionGroup)
+        self.sub_groups.persist()
         self.consumers = ConsumerGroups(expired_after_s=cfg.channelExpiredTimeout / 1000.0)
         self.commit_log = CommitLog(cfg.store_dir, cfg.mappedFileSizeCommitLog, readonly=True)
         self.cq_store = ConsumeQueueStore(cfg.store_dir, cfg.mappedFileSizeConsumeQueue, readonly=True)
@@ -160,6 +164,7 @@ class Front(WorkerProcess):
             on_topics_changed=self._register_now,
             index=open_index_reader(cfg),
             shm=self.shm,
+            sub_groups=self.sub_groups,
         )
 
     def _open_sockets(self) -> None:
@@ -350,8 +355,13 @@ class Front(WorkerProcess):
 
     def process_send_back(self, identity: bytes | None, cmd: Command) -> Reply | None:
         """CONSUMER_SEND_MSG_BACK: the retry (or DLQ) copy goes through the send path (broker/retry.py)."""
+        group = cmd.field_str("group", "")
+        group_config = self.sub_groups.find_or_create(group)
+        if group_config is None:
+            return Reply(ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST, _no_group_remark(group))
         prepared = retry_logic.build_send_back(cmd.fields, self.commit_log, self.topics,
-                                               on_topic_created=self._register_now)
+                                               on_topic_created=self._register_now,
+                                               group_retry_max_times=group_config.retryMaxTimes)
         if not isinstance(prepared, send_logic.Rejection):
             prepared = schedule.maybe_redirect(prepared, batch=False, cfg=self.cfg) or prepared
         if isinstance(prepared, send_logic.Rejection):
@@ -470,6 +480,14 @@ class Front(WorkerProcess):
             return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic[{topic}] not exist, apply first please!")
         if not config.readable:
             return Reply(ResponseCode.NO_PERMISSION, f"the topic[{topic}] pulling message is forbidden")
+        group = cmd.field_str("consumerGroup", "")
+        group_config = self.sub_groups.find_or_create(group)
+        if group_config is None:
+            return Reply(ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST, _no_group_remark(group))
+        if not group_config.consumeEnable:
+            return Reply(ResponseCode.NO_PERMISSION,
+                         f"subscription group no permission, {group} (consumeEnable is false: "
+                         f"mqadmin updateSubGroup -g {group} --consume-enable true)")
         if not 0 <= queue_id < config.readQueueNums:
             return Reply(
                 ResponseCode.INVALID_PARAMETER,
@@ -644,7 +662,7 @@ class Front(WorkerProcess):
             self.ack_ring.wait(0.05)
             self._take_acks()
             self._answer_flushed()
-        for table in (self.offsets, self.topics):
+        for table in (self.offsets, self.topics, self.sub_groups):
             try:
                 table.persist()
             except OSError as exc:  # e.g. disk full: the previous file (or its .bak) stays valid
@@ -654,6 +672,11 @@ class Front(WorkerProcess):
         for dealer in self.namesrvs:
             dealer.close(linger=100)
         self.ctx.term()
+
+
+def _no_group_remark(group: str) -> str:
+    return (f"subscription group [{group}] does not exist on this broker "
+            f"(create it with mqadmin updateSubGroup -g {group}, or set autoCreateSubscriptionGroup=true)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rmqd.broker.consumer_offsets import ConsumerOffsetManager
+from rmqd.broker.subscription_group import SubscriptionGroupManager, parse_group_config
 from rmqd.broker.topic_config import TopicConfig, TopicConfigManager, topic_name_problem
-from rmqd.errors import StoreError
+from rmqd.errors import ProtocolError, StoreError
 from rmqd.ops.figures import runtime_figures
 from rmqd.protocol import codec
 from rmqd.protocol.codec import Command
@@ -176,8 +177,10 @@ class AdminHandlers:
         on_topics_changed: Callable[[], None],
         shm: Any = None,
         index: Any = None,
+        sub_groups: SubscriptionGroupManager | None = None,
     ) -> None:
         self.topics = topics
+        self.sub_groups = sub_groups  # None: groups are not managed (library use, tests)
         self.offsets = offsets
         self.consumers = consumers
         self.cq_store = cq_store
@@ -206,6 +209,10 @@ class AdminHandlers:
             RequestCode.GET_CONSUMER_LIST_BY_GROUP: self.consumer_list,
             RequestCode.GET_BROKER_RUNTIME_INFO: self.broker_runtime_info,
             RequestCode.DELETE_EXPIRED_COMMITLOG: self.delete_expired_commitlog,
+            RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: self.update_sub_group,
+            RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG: self.all_sub_groups,
+            RequestCode.GET_SUBSCRIPTIONGROUP_CONFIG: self.sub_group,
+            RequestCode.DELETE_SUBSCRIPTIONGROUP: self.delete_sub_group,
         }
 
     # -- topics --------------------------------------------------------------------------------
@@ -256,6 +263,41 @@ class AdminHandlers:
         if config is None:
             return Reply(ResponseCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist on this broker")
         return Reply(body=codec.encode_json_body(self.topics.encode()["topicConfigTable"][topic]))
+
+    # -- subscription groups -------------------------------------------------------------------
+    def _groups(self) -> SubscriptionGroupManager:
+        if self.sub_groups is None:
+            raise ProtocolError("this broker does not manage subscription groups")
+        return self.sub_groups
+
+    def update_sub_group(self, cmd: Command) -> Reply:
+        """UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: the body is a SubscriptionGroupConfig as JSON."""
+        try:
+            config = parse_group_config(codec.decode_json_body(cmd.body, "subscription group body"))
+        except ValueError as exc:
+            return Reply(ResponseCode.INVALID_PARAMETER, f"bad subscription group: {exc}")
+        self._groups().update(config)
+        log.info("subscription group %s created/updated: %s", config.groupName, asdict(config))
+        return Reply()
+
+    def all_sub_groups(self, cmd: Command) -> Reply:
+        return Reply(body=codec.encode_json_body(self._groups().encode()))
+
+    def sub_group(self, cmd: Command) -> Reply:
+        group = cmd.field_str("group")
+        config = self._groups().get(group)
+        if config is None:
+            return Reply(ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST,
+                         f"subscription group [{group}] does not exist on this broker")
+        return Reply(body=codec.encode_json_body(asdict(config)))
+
+    def delete_sub_group(self, cmd: Command) -> Reply:
+        group = cmd.field_str("groupName")
+        if not self._groups().delete(group):
+            return Reply(ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST,
+                         f"subscription group [{group}] does not exist on this broker")
+        log.info("subscription group %s deleted", group)
+        return Reply()
 
     # -- offsets -------------------------------------------------------------------------------
     def _queue(self, cmd: Command) -> tuple[str, int, Reply | None]:
@@ -414,6 +456,9 @@ class AdminHandlers:
         client_id = str(data.get("clientID", ""))
         if not client_id:
             return Reply(ResponseCode.INVALID_PARAMETER, "heartbeat body has no clientID")
+        if self.sub_groups is not None:  # RocketMQ creates a consumer's group at its heartbeat
+            for consumer in data.get("consumerDataSet") or []:
+                self.sub_groups.find_or_create(str(consumer.get("groupName", "")))
         self.consumers.heartbeat(client_id, data, time.monotonic(), identity)
         return Reply()
 

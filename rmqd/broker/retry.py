@@ -61,15 +61,19 @@ def _int(fields: dict[str, Any], name: str, default: int) -> int:
 
 
 def build_send_back(fields: dict[str, Any], commit_log: CommitLog, topics: TopicConfigManager,
-                    *, on_topic_created: Callable[[], None] | None = None) -> PreparedSend | Rejection:
-    """The retry or DLQ copy of the message at fields["offset"] (a PreparedSend for the writer)."""
+                    *, on_topic_created: Callable[[], None] | None = None,
+                    group_retry_max_times: int = DEFAULT_MAX_RECONSUME_TIMES) -> PreparedSend | Rejection:
+    """The retry or DLQ copy of the message at fields["offset"] (a PreparedSend for the writer).
+
+    The request's maxReconsumeTimes wins; without it, the group's retryMaxTimes (RocketMQ's rule).
+    """
     group = str(fields.get("group") or "")
     if not group:
         return Rejection(ResponseCode.INVALID_PARAMETER, "CONSUMER_SEND_MSG_BACK needs a group")
     try:
         offset = _int(fields, "offset", -1)
         delay_level = _int(fields, "delayLevel", 0)
-        max_times = _int(fields, "maxReconsumeTimes", DEFAULT_MAX_RECONSUME_TIMES)
+        max_times = _int(fields, "maxReconsumeTimes", group_retry_max_times)
     except ValueError as exc:
         return Rejection(ResponseCode.INVALID_PARAMETER, str(exc))
     try:

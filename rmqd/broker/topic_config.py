@@ -143,10 +143,7 @@ class TopicConfigManager:
         return config
 
     def _bump_and_persist(self) -> None:
-        self.data_version = {
-            "timestamp": int(time.time() * 1000),
-            "counter": int(self.data_version.get("counter", 0)) + 1,
-        }
+        self.data_version = next_data_version(self.data_version)
         self.persist()
 
     def persist(self) -> None:
@@ -157,3 +154,8 @@ class TopicConfigManager:
             "topicConfigTable": {name: asdict(cfg) for name, cfg in sorted(self.topics.items())},
             "dataVersion": self.data_version,
         }
+
+
+def next_data_version(current: dict) -> dict:
+    """RocketMQ's DataVersion after a change: now, and the counter plus one (topics, groups)."""
+    return {"timestamp": int(time.time() * 1000), "counter": int(current.get("counter", 0)) + 1}

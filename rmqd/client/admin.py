@@ -19,6 +19,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
+import orjson
+
 from rmqd.client._consumer_core import decode_messages
 from rmqd.client._remoting import RemotingClient
 from rmqd.client._route import NamesrvClient, TopicRoute, check_response, namesrv_addrs
@@ -64,8 +66,47 @@ class MQAdmin:
             raise MQClientError("MQAdmin is not started; call start() first")
         return self._remoting
 
-    def _invoke(self, addr: str, code: int, fields: dict[str, Any] | None = None) -> Command:
-        return check_response(self._running().invoke(addr, code, fields, timeout_ms=self.timeout_ms), addr)
+    def _invoke(self, addr: str, code: int, fields: dict[str, Any] | None = None,
+                body: bytes = b"") -> Command:
+        response = self._running().invoke(addr, code, fields, body, timeout_ms=self.timeout_ms)
+        return check_response(response, addr)
+
+    # ---------------------------------------------------------------- subscription groups
+
+    def update_subscription_group(
+        self, group: str, *, consume_enable: bool = True, consume_broadcast_enable: bool = True,
+        retry_queue_nums: int = 1, retry_max_times: int = 16, cluster: str | None = None,
+        broker_addr: str | None = None,
+    ) -> list[str]:
+        """Create or update a consumer group (RocketMQ SubscriptionGroupConfig) on one broker or on
+        every master of `cluster` (all masters when neither is given). Returns the addresses updated."""
+        if not isinstance(group, str) or not group.strip():
+            raise MQClientError(f"group must be a non-blank string, got {group!r}")
+        if retry_max_times < 0 or retry_queue_nums < 0:
+            raise MQClientError("retry_max_times and retry_queue_nums must be >= 0")
+        addrs = [broker_addr] if broker_addr else self.master_addrs(cluster)
+        if not addrs:
+            raise RouteNotFoundError(f"no master broker found in cluster {cluster or '(any)'}")
+        body = orjson.dumps({"groupName": group, "consumeEnable": consume_enable,
+                             "consumeBroadcastEnable": consume_broadcast_enable,
+                             "retryQueueNums": retry_queue_nums, "retryMaxTimes": retry_max_times})
+        for addr in addrs:
+            self._invoke(addr, RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, {}, body)
+        return addrs
+
+    def delete_subscription_group(self, group: str, cluster: str | None = None,
+                                  broker_addr: str | None = None) -> list[str]:
+        """Delete a consumer group's config from one broker or the masters of `cluster`."""
+        addrs = [broker_addr] if broker_addr else self.master_addrs(cluster)
+        for addr in addrs:
+            self._invoke(addr, RequestCode.DELETE_SUBSCRIPTIONGROUP, {"groupName": group})
+        return addrs
+
+    def subscription_groups(self, broker_addr: str) -> dict[str, dict[str, Any]]:
+        """Every group config of one broker: group name -> SubscriptionGroupConfig fields."""
+        response = self._invoke(broker_addr, RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG)
+        table = decode_json_body(response.body, "subscription group table")
+        return dict(table.get("subscriptionGroupTable", {}))
 
     # ---------------------------------------------------------------- topics
 

@@ -202,3 +202,18 @@ def test_a_heartbeat_subscribing_to_the_retry_topic_creates_it(topics):
     retry.ensure_retry_topics(memoryview(body), topics, lambda: created.append(1))
     assert topics.get("%RETRY%g1") is not None and topics.get("%RETRY%g2") is None
     assert created == [1]
+
+
+def test_without_its_own_max_reconsume_times_a_send_back_uses_the_groups_retry_max_times(topics):
+    # Given a message retried twice, sent back by a client that does not say maxReconsumeTimes
+    retried = record("%RETRY%cg", 0, {Prop.RETRY_TOPIC: "Orders", Prop.ORIGIN_MESSAGE_ID: "U1"}, reconsume=2)
+    request = {"offset": 4096, "group": "cg", "delayLevel": 0}
+    # When the group allows 2 retries it goes to the DLQ; with the default 16 it is retried again
+    to_dlq = retry.build_send_back(request, FakeCommitLog(retried), topics, group_retry_max_times=2)
+    again = retry.build_send_back(request, FakeCommitLog(retried), topics)
+    assert to_dlq.topic == b"%DLQ%cg"
+    assert again.topic == b"%RETRY%cg"
+    # And the request's own value wins over the group's
+    told = retry.build_send_back({**request, "maxReconsumeTimes": 5}, FakeCommitLog(retried), topics,
+                                 group_retry_max_times=2)
+    assert told.topic == b"%RETRY%cg"
