@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from rmqd.broker.topic_config import next_data_version
-from rmqd.store.files import atomic_write_json, read_json_with_bak
+from rmqd.broker.config_table import ConfigTable
 
 log = logging.getLogger("rmqd.broker")
 
@@ -75,31 +73,22 @@ def parse_group_config(raw: dict[str, Any]) -> SubscriptionGroupConfig:
     return SubscriptionGroupConfig(**values)
 
 
-class SubscriptionGroupManager:
-    """The group table of one broker, persisted to `path` on every change."""
+class SubscriptionGroupManager(ConfigTable[SubscriptionGroupConfig]):
+    """The group table of one broker, persisted to `path` on every change (rmqd.broker.config_table)."""
+
+    TABLE_KEY = "subscriptionGroupTable"
 
     def __init__(self, path: str, *, auto_create: bool) -> None:
-        self.path = path
+        super().__init__(path)
         self.auto_create = auto_create
-        self.groups: dict[str, SubscriptionGroupConfig] = {}
-        self.data_version = {"timestamp": int(time.time() * 1000), "counter": 0}
-        self._load()
-        for name in SYSTEM_GROUPS:
-            self.groups.setdefault(name, SubscriptionGroupConfig(name))
-
-    def _load(self) -> None:
-        data = read_json_with_bak(self.path)
-        if not data:
-            return
-        for name, raw in (data.get("subscriptionGroupTable") or {}).items():
+        self.groups = self.entries  # the same dict, under its domain name
+        for name, raw in self._read_table().items():
             try:
                 self.groups[name] = parse_group_config({**raw, "groupName": name})
             except (ValueError, TypeError) as exc:
                 log.error("%s: group %r skipped: %s", self.path, name, exc)
-        self.data_version = data.get("dataVersion", self.data_version)
-
-    def get(self, group: str) -> SubscriptionGroupConfig | None:
-        return self.groups.get(group)
+        for name in SYSTEM_GROUPS:
+            self.groups.setdefault(name, SubscriptionGroupConfig(name))
 
     def find_or_create(self, group: str) -> SubscriptionGroupConfig | None:
         """The group's config, created with the defaults if auto-creation is on; else None."""
@@ -112,24 +101,4 @@ class SubscriptionGroupManager:
 
     def update(self, config: SubscriptionGroupConfig) -> None:
         """Create or replace a group and persist the table."""
-        self.groups[config.groupName] = config
-        self._bump_and_persist()
-
-    def delete(self, group: str) -> bool:
-        if self.groups.pop(group, None) is None:
-            return False
-        self._bump_and_persist()
-        return True
-
-    def _bump_and_persist(self) -> None:
-        self.data_version = next_data_version(self.data_version)
-        self.persist()
-
-    def persist(self) -> None:
-        atomic_write_json(self.path, self.encode())
-
-    def encode(self) -> dict:
-        return {
-            "subscriptionGroupTable": {name: asdict(cfg) for name, cfg in sorted(self.groups.items())},
-            "dataVersion": self.data_version,
-        }
+        self._put(config.groupName, config)

@@ -14,10 +14,9 @@ Owned by the front process (the only process that serves topic commands); not th
 from __future__ import annotations
 
 import re
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from rmqd.store.files import atomic_write_json, read_json_with_bak
+from rmqd.broker.config_table import ConfigTable
 
 PERM_PRIORITY = 0x8
 PERM_READ = 0x4
@@ -75,27 +74,21 @@ def topic_name_problem(topic: str) -> str | None:
     return None
 
 
-class TopicConfigManager:
-    """The broker's topic table, persisted to `path`."""
+class TopicConfigManager(ConfigTable[TopicConfig]):
+    """The broker's topic table, persisted to `path` (rmqd.broker.config_table)."""
+
+    TABLE_KEY = "topicConfigTable"
 
     def __init__(
         self, path: str, *, cluster_name: str, broker_name: str, auto_create: bool, default_queue_nums: int
     ) -> None:
-        self.path = path
-        self.topics: dict[str, TopicConfig] = {}
-        self.data_version = {"timestamp": int(time.time() * 1000), "counter": 0}
-        self._load()
-        self._add_system_topics(cluster_name, broker_name, auto_create, default_queue_nums)
-
-    def _load(self) -> None:
-        data = read_json_with_bak(self.path)
-        if not data:
-            return
-        for name, raw in data.get("topicConfigTable", {}).items():
+        super().__init__(path)
+        self.topics = self.entries  # the same dict, under its domain name
+        for name, raw in self._read_table().items():
             fields = {k: v for k, v in raw.items() if k in TopicConfig.__dataclass_fields__}
             fields["topicName"] = name
             self.topics[name] = TopicConfig(**fields)
-        self.data_version = data.get("dataVersion", self.data_version)
+        self._add_system_topics(cluster_name, broker_name, auto_create, default_queue_nums)
 
     def _add_system_topics(self, cluster: str, broker: str, auto_create: bool, queue_nums: int) -> None:
         wanted = [
@@ -114,19 +107,9 @@ class TopicConfigManager:
         for config in wanted:
             self.topics.setdefault(config.topicName, config)
 
-    def get(self, topic: str) -> TopicConfig | None:
-        return self.topics.get(topic)
-
     def update(self, config: TopicConfig) -> None:
         """Create or replace a topic and persist the table."""
-        self.topics[config.topicName] = config
-        self._bump_and_persist()
-
-    def delete(self, topic: str) -> bool:
-        if self.topics.pop(topic, None) is None:
-            return False
-        self._bump_and_persist()
-        return True
+        self._put(config.topicName, config)
 
     def create_in_send(self, topic: str, default_topic: str, queue_nums: int) -> TopicConfig | None:
         """RocketMQ's createTopicInSendMessageMethod: derive a new topic from an inheritable default.
@@ -141,21 +124,3 @@ class TopicConfigManager:
         config = TopicConfig(topic, nums, nums, template.perm & ~PERM_INHERIT)
         self.update(config)
         return config
-
-    def _bump_and_persist(self) -> None:
-        self.data_version = next_data_version(self.data_version)
-        self.persist()
-
-    def persist(self) -> None:
-        atomic_write_json(self.path, self.encode())
-
-    def encode(self) -> dict:
-        return {
-            "topicConfigTable": {name: asdict(cfg) for name, cfg in sorted(self.topics.items())},
-            "dataVersion": self.data_version,
-        }
-
-
-def next_data_version(current: dict) -> dict:
-    """RocketMQ's DataVersion after a change: now, and the counter plus one (topics, groups)."""
-    return {"timestamp": int(time.time() * 1000), "counter": int(current.get("counter", 0)) + 1}
