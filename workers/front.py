@@ -487,7 +487,7 @@ class Front(WorkerProcess):
         if not group_config.consumeEnable:
             return Reply(ResponseCode.NO_PERMISSION,
                          f"subscription group no permission, {group} (consumeEnable is false: "
-                         f"mqadmin updateSubGroup -g {group} --consume-enable true)")
+                         f"mqadmin updateSubGroup -g {group} -b ADDR -s true)")
         if not 0 <= queue_id < config.readQueueNums:
             return Reply(
                 ResponseCode.INVALID_PARAMETER,
@@ -675,8 +675,8 @@ class Front(WorkerProcess):
 
 
 def _no_group_remark(group: str) -> str:
-    return (f"subscription group [{group}] does not exist on this broker "
-            f"(create it with mqadmin updateSubGroup -g {group}, or set autoCreateSubscriptionGroup=true)")
+    return (f"subscription group [{group}] does not exist on this broker (create it with "
+            f"mqadmin updateSubGroup -g {group} -b ADDR, or set autoCreateSubscriptionGroup=true)")
 
 
 def main(argv: list[str] | None = None) -> int:
