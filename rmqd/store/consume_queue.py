@@ -47,7 +47,7 @@ DEFAULT_MAX_OPEN_QUEUES = 512  # each open queue holds >= 1 mapping (and 1 fd); 
 # Files are sparse: put() allocates blocks 64 KiB (3,276 units) ahead (MappedFile.reserve), so a
 # full disk fails a put with OSError(ENOSPC) instead of killing the dispatcher with SIGBUS.
 UNIT_RESERVE_BYTES = 64 << 10
-_UNITS = RunPacker(">qiq")  # CQ_UNIT, for put_units
+_UNITS = RunPacker(CQ_UNIT.format)  # for put_units
 
 
 class ConsumeQueue:
@@ -76,21 +76,7 @@ class ConsumeQueue:
 
         Raises OSError (ENOSPC) before writing when the disk has no room for the unit's block.
         """
-        byte = queue_offset * CQ_UNIT_SIZE
-        mapped = self._current
-        if mapped is None or not 0 <= byte - mapped.start_offset < self.file_size:
-            mapped = self._current = self.queue.get_or_create(byte - byte % self.file_size)
-            self._reserved = (0, 0)
-        if not self._reserved[0] <= byte < self._reserved[1]:
-            file_pos = byte - mapped.start_offset
-            mapped.reserve(file_pos, file_pos + UNIT_RESERVE_BYTES)
-            self._reserved = (byte, min(byte + UNIT_RESERVE_BYTES, mapped.start_offset + self.file_size))
-        CQ_UNIT.pack_into(mapped.mv, byte - mapped.start_offset, phy_offset, size, tags_hash)
-        if self._dirty_end == self._dirty_start:
-            self._dirty_start, self._dirty_end = byte, byte + CQ_UNIT_SIZE
-        else:
-            self._dirty_start = min(self._dirty_start, byte)
-            self._dirty_end = max(self._dirty_end, byte + CQ_UNIT_SIZE)
+        self.put_units(queue_offset, (phy_offset, size, tags_hash))
 
     def put_units(self, queue_offset: int, units: Sequence[int]) -> None:
         """Write consecutive units from `queue_offset`; `units` is flat (phy_offset, size, tags_hash) * n.

@@ -204,7 +204,7 @@ _NATIVE_IS_BIG = sys.byteorder == "big"
 # Entries per put_hashes call: the slots of a batch are read, then written; with up to ~1000 of
 # them their pages stay in the TLB and caches between the two (4096 at once: 40 % slower per entry).
 ENTRIES_PER_PUT = 1024
-_ENTRIES = RunPacker(">iqii")  # INDEX_ENTRY, for put_hashes
+_ENTRIES = RunPacker(INDEX_ENTRY.format)  # for put_hashes
 # put_hashes takes numpy from this many entries on: below, its ~30 array operations (~20 us a call)
 # cost more than the list path (~0.4 us an entry); above, ~40 ns an entry (measured crossover: ~56).
 NUMPY_MIN_ENTRIES = 64
