@@ -76,7 +76,21 @@ class ConsumeQueue:
 
         Raises OSError (ENOSPC) before writing when the disk has no room for the unit's block.
         """
-        self.put_units(queue_offset, (phy_offset, size, tags_hash))
+        byte = queue_offset * CQ_UNIT_SIZE
+        mapped = self._current
+        if mapped is None or not 0 <= byte - mapped.start_offset < self.file_size:
+            mapped = self._current = self.queue.get_or_create(byte - byte % self.file_size)
+            self._reserved = (0, 0)
+        if not self._reserved[0] <= byte < self._reserved[1]:
+            file_pos = byte - mapped.start_offset
+            mapped.reserve(file_pos, file_pos + UNIT_RESERVE_BYTES)
+            self._reserved = (byte, min(byte + UNIT_RESERVE_BYTES, mapped.start_offset + self.file_size))
+        CQ_UNIT.pack_into(mapped.mv, byte - mapped.start_offset, phy_offset, size, tags_hash)
+        if self._dirty_end == self._dirty_start:
+            self._dirty_start, self._dirty_end = byte, byte + CQ_UNIT_SIZE
+        else:
+            self._dirty_start = min(self._dirty_start, byte)
+            self._dirty_end = max(self._dirty_end, byte + CQ_UNIT_SIZE)
 
     def put_units(self, queue_offset: int, units: Sequence[int]) -> None:
         """Write consecutive units from `queue_offset`; `units` is flat (phy_offset, size, tags_hash) * n.
