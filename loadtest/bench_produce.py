@@ -106,6 +106,7 @@ class Workload:
     rate: float = 0.0  # total msg/s over all processes; 0 = as fast as possible
     retries: int = 2
     timeout_ms: int = 3000
+    auto_batch: bool = False  # Producer(auto_batch=True): concurrent sync sends leave in batches
 
     @property
     def concurrency(self) -> int:
@@ -425,7 +426,8 @@ def make_producer(group: str, work: Workload) -> Producer:
     """A started Producer with the workload's timeout, retries and (when the SDK has one) async window."""
     wanted = {"send_timeout_ms": work.timeout_ms, "retry_times_when_send_failed": work.retries,
               "retry_times_when_send_async_failed": work.retries,
-              "back_pressure_for_async_send_num": max(10_000, work.threads * work.window)}
+              "back_pressure_for_async_send_num": max(10_000, work.threads * work.window),
+              "auto_batch": work.auto_batch}
     accepted = inspect.signature(Producer).parameters
     producer = Producer(group, work.namesrv, **{k: v for k, v in wanted.items() if k in accepted})
     producer.start()
@@ -789,13 +791,15 @@ def create_topic(namesrv: str, topic: str, queues: int) -> None:
 def workload_from(args: argparse.Namespace, namesrv: str, **overrides: Any) -> Workload:
     work = Workload(namesrv=namesrv, topic=args.topic, body=args.body, batch=args.batch, mode=args.mode,
                     processes=args.processes, threads=args.threads, window=args.window, rate=args.rate,
-                    retries=args.retries, timeout_ms=args.timeout_ms)
+                    retries=args.retries, timeout_ms=args.timeout_ms,
+                    auto_batch=getattr(args, "auto_batch", False))
     return Workload(**{**asdict(work), **overrides})
 
 
 def describe(work: Workload, flush: str, schedule: Schedule) -> str:
     window = f", window {work.window}" if work.mode in WINDOWED else ""
     rate = f", paced to {work.rate:,.0f} msg/s" if work.rate else ""
+    rate += ", auto_batch" if work.auto_batch else ""
     return (f"{flush}, {work.mode} x {work.threads} thread(s) x {work.processes} process(es){window}, "
             f"batch {work.batch} x {work.body:,} B, {work.concurrency} in flight max{rate}, "
             f"{schedule.duration_s:g} s (+{schedule.warmup_s:g} s warm-up)")
@@ -828,6 +832,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, mode: str, thread
     load.add_argument("--rate", type=float, default=0.0, help="offered msg/s in total (0: max)")
     load.add_argument("--retries", type=int, default=retries, help="SDK retryTimesWhenSendFailed")
     load.add_argument("--timeout-ms", type=int, default=3000, help="SDK send timeout")
+    load.add_argument("--auto-batch", action="store_true",
+                      help="Producer(auto_batch=True): concurrent sync sends leave in batches "
+                           "(RocketMQ autoBatch)")
     timing = parser.add_argument_group("timing and output")
     timing.add_argument("-d", "--duration", type=float, default=duration, help="measured seconds")
     timing.add_argument("--warmup", type=float, default=1.0, help="seconds sent but not measured")
@@ -852,6 +859,8 @@ def default_label(work: Workload, flush: str) -> str:
     conc = f"{senders} sender{'s' if senders != 1 else ''}"
     if work.mode in WINDOWED:
         conc += f" w{work.window}"
+    if work.auto_batch:
+        conc += " auto-batch"
     return f"{flush.split('_')[0]} {work.mode} {work.batch}x{size} {conc}"
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -140,3 +141,25 @@ def test_send_result_ids_are_the_unique_keys_consumers_see(broker, producer):
     got = read_topic(broker, "Ids", 40)
     assert {m.msg_id for m in got} == {r.msg_id for r in results}
     assert all(m.msg_id == m.properties["UNIQ_KEY"] and m.offset_msg_id != m.msg_id for m in got)
+
+
+def test_auto_batched_sync_sends_from_many_threads_are_each_stored_once_under_their_own_id(broker):
+    """Producer(auto_batch=True) through the real front: every thread's SendResult names its own
+    message (UNIQ_KEY, queue, queue offset), and the broker stored each message exactly once."""
+    threads, per_thread = 16, 25
+    with Producer("auto-batch-producer", namesrv=broker.namesrv_addr, default_topic_queue_nums=QUEUES,
+                  auto_batch=True) as producer:
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(lambda t=t: [producer.send(Message("AutoBatched", f"{t}-{i}".encode()))
+                                                for i in range(per_thread)]) for t in range(threads)]
+            results = [r for f in futures for r in f.result(timeout=60)]
+        batches = producer._accumulator.batches_sent
+    assert all(r.status is SendStatus.SEND_OK for r in results)
+    assert batches < len(results)  # some sends really left together
+    stored = {m.msg_id: m for m in read_topic(broker, "AutoBatched", len(results))}
+    assert len(stored) == len(results)
+    for result in results:
+        message = stored[result.msg_id]
+        assert (message.queue_id, message.queue_offset) == (result.queue.queue_id, result.queue_offset)
+    assert sorted(m.body for m in stored.values()) == sorted(
+        f"{t}-{i}".encode() for t in range(threads) for i in range(per_thread))

@@ -4,7 +4,8 @@
 ROUTER thread that speaks the broker side of the protocol the SDK uses (send, batch, pull with
 long-poll holds, offsets, heartbeats, consumer lists, topic creation) over in-memory queues whose
 records are real CommitLog records built with rmqd.store.record. Tests steer it with attributes
-(`fail_codes`, `blackhole_sends`, `min_offsets`) and read what it saw (`sends`, `holds`, `offsets`).
+(`fail_codes`, `blackhole_sends`, `send_gate`, `min_offsets`) and read what it saw (`sends`, `holds`,
+`offsets`).
 
 Every thread here is bounded: it stops when its stop event is set, or after MAX_LOOPS polls.
 """
@@ -82,8 +83,10 @@ class FakeBroker:
         self.consumers: dict[str, set[str]] = {}
         self.sends: list[Command] = []
         self.holds: list[tuple[bytes, Command, float]] = []
-        self.fail_codes: list[int] = []
+        self.fail_codes: list[int | None] = []
         self.blackhole_sends = False
+        self.send_gate = threading.Event()  # cleared by a test: the next send waits (<= 5 s) for it
+        self.send_gate.set()
         self.phy_offset = 0
         self.client = RemotingClient()
         self._stop = threading.Event()
@@ -166,12 +169,20 @@ class FakeBroker:
             self.topics[topic] = queues
             self.register()
 
-    def _on_send_message(self, ident: bytes, cmd: Command):
+    def _steered_send(self, cmd: Command):
+        """What the test set up for this send: the (code, fields, body) to answer instead of storing,
+        None for no answer at all, or False to store it normally."""
         self.sends.append(cmd)
+        self.send_gate.wait(5)
         if self.blackhole_sends:
             return None
-        if self.fail_codes:
-            return self.fail_codes.pop(0), {}, b""
+        code = self.fail_codes.pop(0) if self.fail_codes else None  # None in the list: answer normally
+        return (code, {}, b"") if code is not None else False
+
+    def _on_send_message(self, ident: bytes, cmd: Command):
+        steered = self._steered_send(cmd)
+        if steered is not False:
+            return steered
         topic, queue_id = cmd.field_str("topic"), cmd.field_int("queueId")
         self._ensure_topic(topic, cmd.field_int("defaultTopicQueueNums", 8))
         properties = cmd.field_str("properties")
@@ -183,7 +194,9 @@ class FakeBroker:
                                       "queueId": queue_id, "queueOffset": queue_offset}, b""
 
     def _on_send_batch_message(self, ident: bytes, cmd: Command):
-        self.sends.append(cmd)
+        steered = self._steered_send(cmd)
+        if steered is not False:
+            return steered
         topic, queue_id = cmd.field_str("topic"), cmd.field_int("queueId")
         self._ensure_topic(topic, 8)
         offset_ids, first = [], None
