@@ -642,12 +642,15 @@ class Producer:
         if batch is not None:
             self._send_held(batch)
         self._await_held(accumulator, key, held, timeout_ms)
-        response, error, queue, addr, index, count = held.outcome
-        if error is None:
-            try:
-                return self._held_result(response, queue, addr, held, index)
-            except MQBrokerError as exc:
-                error = exc
+        response, error, queue, addr, offset_ids, index, count = held.outcome
+        try:
+            if error is None:
+                try:
+                    return self._held_result(response, queue, addr, offset_ids, held, index)
+                except MQBrokerError as exc:
+                    error = exc
+        finally:
+            held.wake_next()  # always: the senders after this one in the batch wait for it
         return self._resend_alone(msg, held, sharding_key, timeout_ms, queue, error, count)
 
     def _await_held(self, accumulator: ProduceAccumulator, key: tuple, held: Held, timeout_ms: int) -> None:
@@ -712,21 +715,24 @@ class Producer:
         following = accumulator.finished(batch.key)
         if following is not None:  # what was held meanwhile leaves first: it keeps the broker busy
             self._send_held(following)
-        accumulator.complete_batch(batch, (response, error, queue, addr))
+        offset_ids = str(response.fields.get("offsetMsgId") or "").split(",") if response is not None else []
+        accumulator.complete_batch(batch, (response, error, queue, addr, offset_ids))
 
-    def _held_result(self, response: Command, queue: MessageQueue, addr: str, held: Held,
-                     index: int) -> SendResult:
+    def _held_result(self, response: Command, queue: MessageQueue, addr: str, offset_ids: list[str],
+                     held: Held, index: int) -> SendResult:
         """One message's SendResult out of its batch's answer (raises MQBrokerError for an error)."""
         status = SEND_STATUS_BY_CODE.get(response.code)
         if status is None:
             check_response(response, addr)
         fields = response.fields
-        offset_ids = str(fields.get("offsetMsgId") or "").split(",")
         first_offset = response.field_int("queueOffset", -1)
+        queue_id = response.field_int("queueId", queue.queue_id)
+        if queue_id != queue.queue_id:
+            queue = MessageQueue(queue.topic, queue.broker_name, queue_id)
         return SendResult(
             status=status, msg_id=held.uniq_key,
             offset_msg_id=offset_ids[index] if index < len(offset_ids) else "",
-            queue=MessageQueue(queue.topic, queue.broker_name, response.field_int("queueId", queue.queue_id)),
+            queue=queue,
             queue_offset=first_offset + index if first_offset >= 0 else -1,
             transaction_id=fields.get("transactionId"),
         )
