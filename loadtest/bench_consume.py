@@ -274,10 +274,11 @@ def print_consume(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def producer_process(namesrv: str, topic: str, phases: list[tuple[float, float, float]], body_bytes: int,
-                     senders: int, go: Any, out: Any) -> None:
+                     senders: int, go: Any, out: Any, auto_batch: bool = False) -> None:
     """Send each phase's rate for its seconds; report (phase, acknowledged, failed, ack latencies)
-    on `out`. `senders` 0: asynchronous sends from one thread; N: N threads of synchronous sends."""
-    producer = Producer("bench-e2e", namesrv=namesrv)
+    on `out`. `senders` 0: asynchronous sends from one thread; N: N threads of synchronous sends
+    (with `auto_batch`, through Producer(auto_batch=True): sends that meet in flight share a request)."""
+    producer = Producer("bench-e2e", namesrv=namesrv, auto_batch=auto_batch)
     producer.start()
     producer.send(Message(topic, STAMP.pack(0, -1, 0, 0)))  # route lookup and connection, before the clock
     padding = b"p" * max(0, body_bytes - STAMP.size)
@@ -416,7 +417,8 @@ def run_e2e(args: argparse.Namespace) -> int:
         go, out = ctx.Event(), ctx.Queue()
         schedule = [(p.rate, p.seconds, p.warmup_s) for p in phases]
         sender = ctx.Process(target=producer_process, daemon=True,
-                             args=(target.namesrv, args.topic, schedule, args.body, args.senders, go, out))
+                             args=(target.namesrv, args.topic, schedule, args.body, args.senders, go, out,
+                                   args.auto_batch))
         sender.start()
         watch = CpuWatch(target.monitor, {"producer": sender.pid})
         time.sleep(2.0)  # the producer process imports and connects; its first send warms the route
@@ -434,6 +436,7 @@ def run_e2e(args: argparse.Namespace) -> int:
         print_e2e(args, phases)
         if args.json:
             label = args.label or "e2e " + " ".join(f"{r:g}" for r in args.rate)
+            label += " auto-batch" if args.auto_batch and not args.label else ""
             record = new_result("e2e", label, vars_of(args))
             record["result"] = {"phases": [phase_json(p) for p in phases]}
             write_json(args.json, record)
@@ -524,6 +527,8 @@ def add_e2e_arguments(parser: argparse.ArgumentParser) -> None:
                         "repeat for several runs (default: 5000 then 1)")
     parser.add_argument("--senders", type=int, default=0, help="0: asynchronous sends from one thread "
                         "(default); N: N threads of synchronous sends sharing the rate")
+    parser.add_argument("--auto-batch", action="store_true",
+                        help="the producer's synchronous sends through Producer(auto_batch=True)")
     parser.add_argument("-d", "--duration", type=float, default=20.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds per rate not measured")
 

@@ -280,6 +280,7 @@ class Front(WorkerProcess):
         if code == RequestCode.SEND_BATCH_MESSAGE:
             return self.process_send(identity, cmd, batch=True)
         if code == RequestCode.PULL_MESSAGE:
+            self._between_pulls()
             return self.process_pull(identity, cmd, frame, allow_suspend=True)
         if code == RequestCode.HEART_BEAT:  # the identity is where NOTIFY_CONSUMER_IDS_CHANGED goes
             retry_logic.ensure_retry_topics(cmd.body, self.topics, self._register_now)  # %RETRY%group
@@ -548,9 +549,19 @@ class Front(WorkerProcess):
         self.park_ring.commit(0)
         return True
 
+    def _between_pulls(self) -> None:
+        """Before a pull (tens of microseconds of CommitLog reading and encoding): hand the sends
+        of this round to the writer now, and answer what the writer acknowledged meanwhile. Sends
+        then never wait behind a round's pulls; with a push consumer at 5,000 msg/s they did, for
+        0.5 ms of a send's 0.7 ms in the broker."""
+        self.request_ring.publish()
+        if self.ack_ring.ready():
+            self._take_acks()
+
     def _take_wakes(self) -> None:
         entries = self.wake_ring.entries()
         for _kind, entry in entries:
+            self._between_pulls()
             pull = decode_parked_pull(entry)
             try:
                 cmd = codec.decode(pull.frame)
