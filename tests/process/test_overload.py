@@ -142,4 +142,7 @@ def test_sync_send_retries_a_busy_real_broker_and_reports_busy_within_its_budget
             os.kill(pids["writer"], signal.SIGCONT)
         assert info.value.code == ResponseCode.SYSTEM_BUSY and attempts == [broker.broker_addr] * 3
         assert elapsed < 1.0  # three busy answers, not a 3 s timeout
+        # The resumed writer first drains the full ring: until then a send may still be refused
+        # (its three attempts go out within microseconds, with no back-off, as in RocketMQ).
+        wait_until(lambda: all(f.done() for f in fillers), 10, "the resumed writer to drain the ring")
         assert p.send(Message("Retrying", BODY)).status is SendStatus.SEND_OK
