@@ -671,7 +671,9 @@ class Producer:
                     if accumulator.abandon(held):
                         raise RemotingTimeoutError(f"auto-batched send to {key[0]} got no answer within "
                                                    f"{timeout_ms} ms")
-                    wait_s = CALLER_GRACE_S  # answered just now: our wake-up is on its way
+                    # Answered, but the sender before us in the wake-up chain never woke us (its
+                    # thread died in between): the outcome is ours already, go on without the baton.
+                    return
             if held.wait(wait_s):
                 return
 

@@ -207,3 +207,26 @@ def test_the_accumulator_refuses_to_hold_more_than_total_batch_max_bytes():
     assert acc.add(("T", True, None), Held(0, b"x" * 40, b"", "k1", 1.0), None) is not None  # leaves at once
     assert acc.add(("T", True, None), Held(0, b"x" * 40, b"", "k2", 1.0), None) is None  # held
     assert acc.add(("T", True, None), Held(0, b"x" * 40, b"", "k3", 1.0), None) is False  # over 100 B
+
+
+def test_a_sender_whose_wake_up_never_comes_still_returns_with_its_outcome(monkeypatch):
+    """The chain of wake-ups can break (a sender thread dies between its wake-up and passing it
+    on): the senders after it must not wait forever once the batch was answered."""
+    import time as _time
+
+    from rmqd.client import producer as producer_module
+    from rmqd.client._accumulator import Batch, Held
+
+    monkeypatch.setattr(producer_module, "CALLER_GRACE_S", 0.05)
+    p = Producer("pg", namesrv="127.0.0.1:1", auto_batch=True)
+    acc = p._accumulator
+    key = ("T", True, None)
+    first, second = (Held(0, b"x", b"", f"k{i}", _time.monotonic() + 0.05) for i in range(2))
+    first.sent = second.sent = True
+    acc.complete_batch(Batch(key, [first, second], None), ("response", None, "queue", "addr", []))
+    assert first.wait(1)  # woken; it never passes the baton on (its thread "died")
+    waiter = threading.Thread(target=p._await_held, args=(acc, key, second, 50), daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert not waiter.is_alive(), "the second sender waited forever for a wake-up that never came"
+    assert second.outcome[-2:] == (1, 2)  # its own index in the batch of two
