@@ -229,16 +229,18 @@ class Front(WorkerProcess):
             doorbell.disarm(drain=self.ready_socks is None or doorbell.fileno() in self.ready_socks)
 
     def _spin_for_ack(self) -> None:
-        """Check for the writer's acknowledgement (an shm read) and for a new request (a libzmq
-        call, every 8th turn) for up to sendAckSpinMicros before sleeping: the acknowledgement of a
-        lone send usually comes within ~100 µs, and catching it awake saves the writer's eventfd
-        write and our wake-up."""
-        ack_ready, router, clock = self.ack_ring.ready, self.router, time.perf_counter
+        """Check for the writer's acknowledgement (an shm read) and, every 8th turn, for a new
+        request or a woken pull, for up to sendAckSpinMicros before sleeping: the acknowledgement
+        of a lone send usually comes within ~100 µs, and catching it awake saves the writer's
+        eventfd write and our wake-up."""
+        ack_ready, wake_ready, router = self.ack_ring.ready, self.wake_ring.ready, self.router
+        clock = time.perf_counter
         deadline = clock() + self.spin_s
         turn = 0
         while not ack_ready():
             turn += 1
-            if turn & 7 == 0 and (clock() >= deadline or router.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+            if turn & 7 == 0 and (clock() >= deadline or wake_ready()
+                                  or router.getsockopt(zmq.EVENTS) & zmq.POLLIN):
                 return
 
     def _serve_requests(self) -> None:
