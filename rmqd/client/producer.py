@@ -396,11 +396,11 @@ class Producer:
         Raises MQClientError (invalid message), RouteNotFoundError, MQBrokerError (non-retryable
         broker answer, or the last retryable one), RemotingTimeoutError (no answer within the budget).
         """
-        if self._accumulator is not None:
-            result = self._send_auto_batched(msg, sharding_key, timeout_ms)
+        request = self._build_single(msg, sharding_key)
+        if self._batchable(msg, request):
+            result = self._send_auto_batched(request, msg, sharding_key, timeout_ms)
             if result is not None:
                 return result
-        request = self._build_single(msg, sharding_key)
         return self._send_with_retries(self._prepare_attempt(request, sharding_key, timeout_ms, True))
 
     def send_batch(self, msgs: Iterable[Message], timeout_ms: int | None = None) -> SendResult:
@@ -618,25 +618,27 @@ class Producer:
 
     # ---------------------------------------------------------------- auto batch (sync sends)
 
-    def _send_auto_batched(self, msg: Message, sharding_key: str | None,
+    def _batchable(self, msg: Message, request: _Request) -> bool:
+        """Whether auto_batch is on and may carry this send: a batch item cannot be delayed or
+        compressed, and retry topics are never batched (as in RocketMQ)."""
+        accumulator = self._accumulator
+        return (accumulator is not None and not msg.delay_level and msg.deliver_at_ms is None
+                and not request.fields["sysFlag"] & SysFlag.COMPRESSED
+                and accumulator.accepts(len(request.body)) and not msg.topic.startswith(RETRY_TOPIC_PREFIX))
+
+    def _send_auto_batched(self, request: _Request, msg: Message, sharding_key: str | None,
                            timeout_ms: int | None) -> SendResult | None:
-        """`send` through the accumulator; None when `msg` takes the ordinary path instead."""
+        """`send` of a built request through the accumulator; None when the producer already holds
+        total_batch_max_bytes (the request then goes on the ordinary path)."""
         accumulator = self._accumulator
         assert accumulator is not None
-        self._running()
-        validate_message(msg, self.max_message_size)
-        _check_sharding_key(sharding_key)
-        body = bytes(msg.body)
-        if (msg.delay_level or msg.deliver_at_ms is not None or len(body) >= self.compress_over_bytes
-                or not accumulator.accepts(len(body)) or msg.topic.startswith(RETRY_TOPIC_PREFIX)):
-            return None
         timeout_ms = self.send_timeout_ms if timeout_ms is None else timeout_ms
-        uniq_key = new_uniq_key()
-        properties = _checked_properties(wire_properties(msg, uniq_key, sharding_key))
+        fields = request.fields
         queues, route = self._publish_queues(msg.topic)
         fixed = select_by_sharding_key(queues, sharding_key) if sharding_key is not None else None
         key = (msg.topic, msg.wait_store_msg_ok, fixed)
-        held = Held(msg.flag, body, properties, uniq_key, time.monotonic() + timeout_ms / 1000)
+        held = Held(fields["flag"], request.body, fields["properties"].encode(), request.msg_id,
+                    time.monotonic() + timeout_ms / 1000)
         batch = accumulator.add(key, held, (queues, route, fixed))
         if batch is False:  # totalBatchMaxBytes held already: this one goes alone
             return None
@@ -652,7 +654,7 @@ class Producer:
                     error = exc
         finally:
             held.wake_next()  # always: the senders after this one in the batch wait for it
-        return self._resend_alone(msg, held, sharding_key, timeout_ms, queue, error, count)
+        return self._resend_alone(request, held, sharding_key, timeout_ms, queue, error, count)
 
     def _await_held(self, accumulator: ProduceAccumulator, key: tuple, held: Held, timeout_ms: int) -> None:
         """Block until `held`'s batch is answered; send what is held ourselves once it is too old."""
@@ -740,18 +742,15 @@ class Producer:
             transaction_id=fields.get("transactionId"),
         )
 
-    def _resend_alone(self, msg: Message, held: Held, sharding_key: str | None, timeout_ms: int,
+    def _resend_alone(self, request: _Request, held: Held, sharding_key: str | None, timeout_ms: int,
                       queue: MessageQueue | None, error: BaseException, count: int) -> SendResult:
-        """The batch failed: this message goes on alone, with the same UNIQ_KEY and what is left of
-        its budget. The batch counts as its first attempt (as a retry would), except when a batch of
-        several got a non-retryable answer: that may be another message's fault, so each message
-        then gets one attempt of its own and its own answer."""
+        """The batch failed: this message goes on alone, as the request `send` built (same
+        UNIQ_KEY), with what is left of its budget. The batch counts as its first attempt (as a
+        retry would), except when a batch of several got a non-retryable answer: that may be
+        another message's fault, so each message then gets one attempt of its own and its own answer."""
         if not isinstance(error, ClientError):
             raise error
-        topic = msg.topic
-        fields = self._base_fields(topic, 0, msg.flag, held.properties.decode(), batch=False)
-        request = _Request(RequestCode.SEND_MESSAGE, topic, fields, held.body, held.uniq_key)
-        queues, route = self._publish_queues(topic)
+        queues, route = self._publish_queues(request.topic)
         retries = 0 if sharding_key is not None else self.retry_times_when_send_failed
         attempt = _Attempt(request, queues, route, held.deadline, timeout_ms, sharding_key, 1 + retries)
         retryable = not isinstance(error, MQBrokerError) or getattr(error, "code", None) in RETRYABLE_CODES
