@@ -104,20 +104,37 @@ def test_metrics_move_under_load_and_mqadmin_shows_the_same_figures(tmp_path: Pa
         before = wait_until(lambda: scrape(port), 20, "the metrics endpoint")
         producer = Producer("ops-load", namesrv=tree.namesrv_addr)
         producer.start()
-        total = 3000
-        loader = threading.Thread(target=send_bodies, args=(producer, "OpsLoad", [b"m" * 200] * total))
+        # The loader goes on until the test has seen the counters move twice while it runs, so
+        # "during" is a scrape taken under load however fast the sends are (bounded: 60 s, 200,000)
+        stop, sent = threading.Event(), [0]
+
+        def load() -> None:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and sent[0] < 200_000 and time.monotonic() < deadline:
+                producer.send(Message("OpsLoad", b"m" * 200))
+                sent[0] += 1
+
+        loader = threading.Thread(target=load)
         loader.start()
-        # Under load: the put rate and the counters move while the sends are still going on
-        during = wait_until(lambda: (s := scrape(port)) and value(s, "rmqd_put_tps", window="10s") > 0 and s,
-                            30, "a put rate above zero")
-        loader.join(60)
+        try:
+            during = wait_until(lambda: (s := scrape(port))
+                                and value(s, "rmqd_put_tps", window="10s") > 0 and s,
+                                30, "a put rate above zero")
+            later = wait_until(lambda: (s := scrape(port)) and value(s, "rmqd_put_bytes_total")
+                               > value(during, "rmqd_put_bytes_total") and s, 30, "put bytes still growing")
+            assert loader.is_alive(), "the loader stopped before the counters were seen moving under load"
+        finally:
+            stop.set()
+            loader.join(60)
         assert not loader.is_alive()
+        total = sent[0]
         after = wait_until(lambda: (s := scrape(port))
                            and value(s, "rmqd_put_messages_total") >= total
                            and value(s, "rmqd_inspect_probes_total", result="ok") >= 1 and s,
                            30, "every put counted and a probe received")
         assert value(during, "rmqd_put_messages_total") > value(before, "rmqd_put_messages_total")
-        assert value(after, "rmqd_put_bytes_total") > value(during, "rmqd_put_bytes_total")
+        assert value(after, "rmqd_put_bytes_total") >= value(later, "rmqd_put_bytes_total") \
+            > value(during, "rmqd_put_bytes_total")
         assert value(after, "rmqd_position_bytes", position="write_pos") > 200 * total
         assert value(after, "rmqd_flushes_total") > value(before, "rmqd_flushes_total")
         assert value(after, "rmqd_flush_seconds_total") > 0
