@@ -2,10 +2,11 @@
 
 Owns the mapping of one CommitLog or ConsumeQueue file. The file is always full-size: it is created
 as `{path}.{pid}.tmp`, reserved with posix_fallocate, warmed by touching one byte per 4 KiB page
-through the mapping (so the blocks are written and later msyncs write back 4 KiB folios, see
-PERFORMANCE_NOTES "mmap file growth"), fdatasync'ed, then published under its final name with
-link() (atomic, and it never replaces a file another process already published). So no process
-ever maps a half-prepared file. Files are never shrunk while mapped (that would SIGBUS readers).
+through a MADV_RANDOM mapping (so the blocks are written and later msyncs write back 4 KiB folios,
+see PERFORMANCE_NOTES "mmap file growth"; without MADV_RANDOM, readahead makes 2 MiB folios),
+fdatasync'ed, then published under its final name with link() (atomic, and it never replaces a
+file another process already published). So no process ever maps a half-prepared file. Files are
+never shrunk while mapped (that would SIGBUS readers).
 
 Not thread-safe. Any process may open files read-only; only the owner of a format writes to it.
 """
@@ -139,6 +140,11 @@ def prepare_file(path: str, file_size: int, *, warm: bool = True, sparse: bool =
         if warm and not sparse:
             with mmap.mmap(fd, file_size, access=mmap.ACCESS_WRITE) as mm:
                 # One written byte per page: allocates written blocks and 4 KiB folios (not write()).
+                # MADV_RANDOM first: without it the sequential faults ramp up mmap readahead, which
+                # (kernel 6.18) fills all but the first MiBs with 2 MiB folios, and every later msync
+                # of a few KiB then writes back 2 MiB (measured: 2,059 KiB per 20 KiB commit, 290 us
+                # instead of 20 KiB and 110 us).
+                mm.madvise(mmap.MADV_RANDOM)
                 mm[0:file_size:WARM_PAGE_SIZE] = bytes(len(range(0, file_size, WARM_PAGE_SIZE)))
         os.fdatasync(fd)
     finally:

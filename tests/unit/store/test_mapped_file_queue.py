@@ -102,3 +102,29 @@ def test_delete_files_before_never_deletes_the_last_file(tmp_path):
     queue.get_or_create(0)
     assert queue.delete_files_before(10 * FILE_SIZE) == []
     assert queue.min_offset() == 0 and queue.max_file_end() == FILE_SIZE
+
+
+def _write_bytes() -> int:
+    """This process's write_bytes (/proc/self/io): bytes it made dirty, counted per folio."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_a_prepared_file_is_made_of_small_folios_so_a_small_commit_writes_back_little(tmp_path):
+    # Deep in a warmed file, dirtying one byte must dirty one 4 KiB page, not a 2 MiB folio that the
+    # next msync would write back whole (what readahead made of the warm-up before MADV_RANDOM).
+    size = 64 << 20
+    path = str(tmp_path / offset_to_name(0))
+    mapped = MappedFile.create(path, size)
+    try:
+        dirtied = []
+        for pos in range(16 << 20, size, 8 << 20):
+            before = _write_bytes()
+            mapped.mv[pos] = 1
+            dirtied.append(_write_bytes() - before)
+            mapped.flush(pos, pos + 1)
+        assert max(dirtied) <= 16 * 1024, f"bytes dirtied per 1-byte write: {dirtied}"
+        assert open(path, "rb").read()[16 << 20] == 1
+    finally:
+        mapped.close()
