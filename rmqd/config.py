@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from rmqd.errors import ConfigError
+from rmqd.store.mapped_file import Warm
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -515,9 +516,13 @@ class BrokerConfig(_PropertiesConfig):
         return self.flushDiskType == "SYNC_FLUSH"
 
     @property
-    def warm_commit_log(self) -> bool:
-        """Whether new CommitLog files are warmed: always for SYNC_FLUSH, else warmMapedFileEnable."""
-        return self.flush_sync or self.warmMapedFileEnable
+    def warm_commit_log(self) -> Warm:
+        """How new CommitLog files are warmed (mapped_file.Warm): SYNC_FLUSH always, in 4 KiB pages
+        (its small group commits must write back little); ASYNC_FLUSH in large folios when
+        warmMapedFileEnable (fewer faults for the writer, cheaper periodic flushes)."""
+        if self.flush_sync:
+            return Warm.PAGES
+        return Warm.FOLIOS if self.warmMapedFileEnable else Warm.OFF
 
     @property
     def namesrv_addrs(self) -> list[str]:

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterator
 
 from rmqd.errors import CorruptFileError, CorruptRecordError, RecordTooLargeError, StoreError
-from rmqd.store.mapped_file import MappedFile
+from rmqd.store.mapped_file import MappedFile, Warm
 from rmqd.store.mapped_file_queue import MappedFileQueue
 from rmqd.store.record import (
     BLANK_MAGIC,
@@ -45,7 +45,7 @@ TOTALSIZE = struct.Struct(">i")
 class CommitLog:
     """The CommitLog files of one store, for the writer or for readers."""
 
-    def __init__(self, store_dir: str, file_size: int, *, readonly: bool, warm: bool = True) -> None:
+    def __init__(self, store_dir: str, file_size: int, *, readonly: bool, warm: Warm = Warm.PAGES) -> None:
         if file_size <= RECORD_FIXED_SIZE + BLANK_RECORD_SIZE:
             raise ValueError(f"CommitLog file size {file_size} is too small")
         self.dir = os.path.join(store_dir, "commitlog")
@@ -100,7 +100,7 @@ class CommitLog:
         """
         self._file_for_write(self._write_pos)
 
-    def _file_for_write(self, phy_offset: int, *, warm: bool | None = None) -> MappedFile:
+    def _file_for_write(self, phy_offset: int, *, warm: Warm | None = None) -> MappedFile:
         return self.queue.get_or_create(self.queue.file_start(phy_offset), warm=warm)
 
     def append_records(
@@ -116,7 +116,7 @@ class CommitLog:
         sizes = self._record_sizes(src, count)
         file_size = self.file_size
         phy = self._write_pos
-        mapped = self._file_for_write(phy, warm=False)  # never warm on the send path
+        mapped = self._file_for_write(phy, warm=Warm.OFF)  # never warm on the send path
         mv = mapped.mv
         file_pos = phy - mapped.start_offset
         phy_offsets: list[int] = []
@@ -130,7 +130,7 @@ class CommitLog:
             if j == i:  # the next record does not fit: end this file with a blank record, roll
                 encode_blank(mv, file_pos, file_size - file_pos)
                 phy += file_size - file_pos
-                mapped = self._file_for_write(phy, warm=False)  # never warm on the send path
+                mapped = self._file_for_write(phy, warm=Warm.OFF)  # never warm on the send path
                 mv, file_pos = mapped.mv, 0
                 continue
             mv[file_pos:file_pos + run] = src[src_pos:src_pos + run]

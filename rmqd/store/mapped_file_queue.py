@@ -15,7 +15,7 @@ import logging
 import os
 
 from rmqd.store.filenames import is_offset_name, name_to_offset, offset_to_name
-from rmqd.store.mapped_file import MappedFile, fsync_dir, prepare_file, remove_stale_tmp_files
+from rmqd.store.mapped_file import MappedFile, Warm, fsync_dir, prepare_file, remove_stale_tmp_files
 
 log = logging.getLogger("rmqd.store")
 
@@ -24,8 +24,8 @@ class MappedFileQueue:
     """Files of one directory, sorted by start offset, mapped on open."""
 
     def __init__(self, dir_path: str, file_size: int, *, readonly: bool, sparse: bool = False,
-                 warm: bool = True) -> None:
-        """`warm`: touch every page of a new file through a mapping (mapped_file.prepare_file)."""
+                 warm: Warm = Warm.PAGES) -> None:
+        """`warm`: how new files are warmed (mapped_file.Warm; sparse files never are)."""
         if file_size <= 0:
             raise ValueError(f"file_size must be > 0, got {file_size}")
         self.dir = dir_path
@@ -90,9 +90,9 @@ class MappedFileQueue:
         """End offset of the last file (0 when there is none)."""
         return self.files[-1].start_offset + self.file_size if self.files else 0
 
-    def get_or_create(self, start_offset: int, *, warm: bool | None = None) -> MappedFile:
+    def get_or_create(self, start_offset: int, *, warm: Warm | None = None) -> MappedFile:
         """The file starting at `start_offset`, using a prepared one if present, else creating it
-        (warmed if `warm`, default: this queue's setting)."""
+        (warmed as `warm` says, default: this queue's setting)."""
         mapped = self._by_start.get(start_offset)
         if mapped is not None:
             return mapped

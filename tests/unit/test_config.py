@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from rmqd import config as config_module
 from rmqd.config import GIB, KIB, MIB, BrokerConfig, NamesrvConfig, parse_properties
 from rmqd.errors import ConfigError
+from rmqd.store.mapped_file import Warm
 
 # Values from RocketMQ 4.x: store/.../config/MessageStoreConfig.java, common/.../BrokerConfig.java,
 # broker/.../BrokerStartup.java (listenPort 10911). fileReservedTime is 48 by rmqd's SPEC (RocketMQ: 72).
@@ -299,8 +300,8 @@ def test_derived_values() -> None:
 
 
 @pytest.mark.parametrize(("flush", "warm_key", "expected"), [
-    ("ASYNC_FLUSH", "false", False), ("ASYNC_FLUSH", "true", True),
-    ("SYNC_FLUSH", "false", True), ("SYNC_FLUSH", "true", True),
+    ("ASYNC_FLUSH", "false", Warm.OFF), ("ASYNC_FLUSH", "true", Warm.FOLIOS),
+    ("SYNC_FLUSH", "false", Warm.PAGES), ("SYNC_FLUSH", "true", Warm.PAGES),
 ])
 def test_commit_log_files_are_warmed_for_sync_flush_or_when_asked(flush, warm_key, expected):
     cfg = BrokerConfig.load(overrides={"flushDiskType": flush, "warmMapedFileEnable": warm_key})
@@ -308,4 +309,4 @@ def test_commit_log_files_are_warmed_for_sync_flush_or_when_asked(flush, warm_ke
 
 
 def test_commit_log_files_are_warmed_by_default():
-    assert BrokerConfig.load().warm_commit_log is True
+    assert BrokerConfig.load().warm_commit_log is Warm.FOLIOS

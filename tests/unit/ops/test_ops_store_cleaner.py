@@ -13,6 +13,7 @@ from rmqd.store.commit_log import CommitLog
 from rmqd.store.consume_queue import CQ_UNIT_SIZE, ConsumeQueue, ConsumeQueueStore
 from rmqd.store.filenames import offset_to_name
 from rmqd.store.index_file import IndexService
+from rmqd.store.mapped_file import Warm
 from rmqd.store.mapped_file_queue import MappedFileQueue
 from tests.unit.ops.conftest import CQ_FILE_SIZE, FILE_SIZE, FakePositions, fill_store
 from tests.unit.ops.test_ops_clean_rules import HOUR_S, local_time, state_at
@@ -36,7 +37,7 @@ def store_with_files(cfg, messages: int = 300) -> tuple[list[int], FakePositions
     phys = fill_store(cfg, TOPIC, messages)
     write_pos = phys[-1]
     next_start = write_pos - write_pos % FILE_SIZE + FILE_SIZE
-    MappedFileQueue(cfg.commitlog_dir, FILE_SIZE, readonly=True, warm=False).prepare(next_start)
+    MappedFileQueue(cfg.commitlog_dir, FILE_SIZE, readonly=True, warm=Warm.OFF).prepare(next_start)
     return phys, FakePositions().caught_up(write_pos)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from rmqd.errors import CorruptFileError
 from rmqd.store.filenames import name_to_offset, offset_to_name
-from rmqd.store.mapped_file import MappedFile, prepare_file, remove_stale_tmp_files
+from rmqd.store.mapped_file import MappedFile, Warm, prepare_file, remove_stale_tmp_files
 from rmqd.store.mapped_file_queue import MappedFileQueue
 
 FILE_SIZE = 64 * 1024
@@ -111,12 +111,12 @@ def _write_bytes() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
-def test_a_prepared_file_is_made_of_small_folios_so_a_small_commit_writes_back_little(tmp_path):
-    # Deep in a warmed file, dirtying one byte must dirty one 4 KiB page, not a 2 MiB folio that the
-    # next msync would write back whole (what readahead made of the warm-up before MADV_RANDOM).
+def test_a_file_warmed_in_pages_is_made_of_small_folios_so_a_small_commit_writes_back_little(tmp_path):
+    # Deep in a file warmed for SYNC_FLUSH, dirtying one byte must dirty one 4 KiB page, not a 2 MiB
+    # folio that the next msync would write back whole (what a warm-up through a mapping makes).
     size = 64 << 20
     path = str(tmp_path / offset_to_name(0))
-    mapped = MappedFile.create(path, size)
+    mapped = MappedFile.create(path, size, warm=Warm.PAGES)
     try:
         dirtied = []
         for pos in range(16 << 20, size, 8 << 20):
