@@ -645,15 +645,15 @@ class Producer:
         if batch is not None:
             self._send_held(batch)
         self._await_held(accumulator, key, held, timeout_ms)
+        # Pass the baton first (always: the senders after this one in the batch wait for it), so
+        # their wake-ups overlap with building this one's result.
+        held.wake_next()
         response, error, queue, addr, offset_ids, index, count = held.outcome
-        try:
-            if error is None:
-                try:
-                    return self._held_result(response, queue, addr, offset_ids, held, index)
-                except MQBrokerError as exc:
-                    error = exc
-        finally:
-            held.wake_next()  # always: the senders after this one in the batch wait for it
+        if error is None:
+            try:
+                return self._held_result(response, queue, addr, offset_ids, held, index)
+            except MQBrokerError as exc:
+                error = exc
         return self._resend_alone(request, held, sharding_key, timeout_ms, queue, error, count)
 
     def _await_held(self, accumulator: ProduceAccumulator, key: tuple, held: Held, timeout_ms: int) -> None:
