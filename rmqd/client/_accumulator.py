@@ -65,7 +65,7 @@ class Held:
 
     def wait(self, timeout_s: float) -> bool:
         """True once completed; False after `timeout_s`. Once True, the caller MUST call
-        `wake_next()` (when it has taken what it needs of the outcome)."""
+        `wake_next()`, best at once (the outcome stays readable)."""
         if timeout_s > 0:
             return self._waiter.acquire(True, timeout_s)
         return self._waiter.acquire(False)
@@ -177,7 +177,9 @@ class ProduceAccumulator:
         """Give every sender of `batch` its outcome, `outcome` + (index, count), and wake them.
 
         The wake-ups form a chain (a baton): only the first sender is woken here and each woken
-        sender wakes the next one once it has its result, just before it returns to its caller.
+        sender wakes the next one as soon as it runs, before it builds its own result (waking the
+        next one only after that cost 15 % of the throughput of 64 senders). Two chains side by
+        side were slower still (17.0-17.3k against 20.9-21.5k msg/s, 2 processes x 32 senders).
         Waking all at once makes every sender fight for the GIL at the same moment, which on 2
         cores cost a third more CPU per message (measured with 64 threads: 19.9 against 13.3 µs
         of CPU per wake-up, mostly futex system time)."""
