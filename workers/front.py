@@ -93,7 +93,6 @@ class Front(WorkerProcess):
         cfg = self.cfg
         self.broker_addr = f"{cfg.brokerIP1}:{cfg.listenPort}"
         self.store_host = rec.encode_host(cfg.brokerIP1, cfg.listenPort)
-        self.offset_id_prefix = self.store_host.hex().upper()
         self.positions = self.shm.positions
         self._open_store()
         self._open_sockets()
@@ -459,10 +458,8 @@ class Front(WorkerProcess):
         self, pending: PendingSend, result: ar.AppendResult, code: ResponseCode, remark: str = ""
     ) -> None:
         self.send_rt.observe(time.monotonic() - pending.created)
-        prefix = self.offset_id_prefix  # RocketMQ offset msgId = hex(store host 8 B + phy offset 8 B)
-        ids = ",".join([f"{prefix}{phy:016X}" for phy in result.phy_offsets])
         fields = {
-            "offsetMsgId": ids,
+            "offsetMsgId": rec.offset_msg_ids(self.store_host, result.phy_offsets),
             "queueId": pending.queue_id,
             "queueOffset": result.queue_offset,
         }

@@ -200,6 +200,13 @@ def test_hosts_encode_ipv4_and_port_and_reject_ipv6():
         r.encode_host("::1", 1)
 
 
+@pytest.mark.parametrize("phys", [[], [0], [0x1234], [0, 0xABCDEF, 1 << 40, (1 << 63) - 1],
+                                  list(range(7, 7 + 64 * 1100, 1100))])
+def test_offset_msg_ids_of_a_batch_join_each_ones_id(phys):
+    host = r.encode_host("10.1.2.3", 10911)
+    assert r.offset_msg_ids(host, phys) == ",".join(r.offset_msg_id(host, phy) for phy in phys)
+
+
 def test_offset_msg_id_is_upper_hex_of_host_and_phy_offset():
     msg_id = r.offset_msg_id(r.encode_host("127.0.0.1", 10911), 0x1234)
     assert msg_id == "7F00000100002A9F0000000000001234"
