@@ -373,10 +373,11 @@ class BrokerConfig(_PropertiesConfig):
     mappedFileSizeCommitLog: int = _key(1 * GIB, _at_least(4096))
     """bytes per CommitLog file (1 GiB). A record never spans two files."""
     warmMapedFileEnable: bool = _key(True)
-    """Touch every page of the next CommitLog file in the cleaner, before the writer reaches it.
+    """Write every page of the next CommitLog file in the cleaner, before the writer reaches it.
     RocketMQ's key; rmqd defaults to true (RocketMQ: false): on this machine kind the writer's own
     page faults cost ~3 us per 1 KiB message on the send path (docs/BENCHMARKS.md). SYNC_FLUSH warms
-    whatever this says: a group commit on a warmed file writes back only its own pages."""
+    whatever this says, in 4 KiB pages, so that a group commit writes back only its own pages;
+    ASYNC_FLUSH in large folios (mapped_file.Warm, `warm_commit_log`)."""
     mappedFileSizeConsumeQueue: int = _key(300_000 * CQ_UNIT_SIZE, _multiple_of(CQ_UNIT_SIZE, "whole units"))
     """bytes per ConsumeQueue file: 300,000 units of 20 bytes."""
     maxMessageSize: int = _key(4 * MIB, _at_least(1))
