@@ -186,9 +186,11 @@ def prepare_file(path: str, file_size: int, *, warm: Warm = Warm.PAGES, sparse: 
             os.ftruncate(fd, file_size)
         else:
             os.posix_fallocate(fd, 0, file_size)
-        if not sparse:
             _warm(fd, file_size, warm)
         os.fdatasync(fd)
+    except BaseException:
+        os.unlink(tmp)  # a failed fallocate (ENOSPC) may keep blocks: give them back to the full disk
+        raise
     finally:
         os.close(fd)
     try:

@@ -128,3 +128,13 @@ def test_a_file_warmed_in_pages_is_made_of_small_folios_so_a_small_commit_writes
         assert open(path, "rb").read()[16 << 20] == 1
     finally:
         mapped.close()
+
+
+def test_a_preparation_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(OSError, match="No space"):
+        prepare_file(str(tmp_path / offset_to_name(0)), FILE_SIZE)
+    assert os.listdir(tmp_path) == []
