@@ -1,8 +1,8 @@
-"""The push consumer's machinery: ProcessQueue, the pull thread's scheduler, the consume pool.
+"""The push consumer's machinery: ProcessQueue and the pull thread's scheduler.
 
 ProcessQueue (RocketMQ ProcessQueue) holds the messages of one queue that were pulled and not yet
 consumed, and knows the offset to commit. PullScheduler is the pull thread: callables to run now
-and timers, all run by one thread. ConsumePool is the fixed set of consume threads. Each class
+and timers, all run by one thread. The consume threads are a TaskPool (_tasks.py). Each class
 says its own thread-safety. Used by push_consumer.py only.
 """
 from __future__ import annotations
@@ -139,60 +139,3 @@ class PullScheduler:
 
 def _noop() -> None:
     """Wakes the scheduler loop."""
-
-
-class ConsumePool:
-    """The consume threads: a fixed number of workers taking (fn, args) from one queue.
-
-    Lighter than a ThreadPoolExecutor (no Future and Condition per task: a task is one tuple on a
-    C SimpleQueue, and `busy` is one flag per worker, written without a lock), which matters at one
-    task per message. `shutdown()` drops the tasks not started; `await_idle()` waits for the
-    running ones. A task must re-check, after it started, whether it is still wanted: the worker
-    sets its busy flag before calling it, so a caller that first withdraws the work and then sees
-    every flag down knows that no task will act on it any more.
-    """
-
-    IDLE_POLL_S = 0.005
-
-    def __init__(self, threads: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple] | None] = queue.SimpleQueue()
-        self._closed = False
-        self.busy = [False] * threads
-        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"{name}_{i}", daemon=True)
-                         for i in range(threads)]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        if not self._closed:
-            self._tasks.put((fn, args))
-
-    def shutdown(self) -> None:
-        """Stop taking tasks; those still queued are dropped, those running finish on their own."""
-        self._closed = True
-        for _ in self._threads:
-            self._tasks.put(None)
-
-    def await_idle(self, timeout_s: float) -> int:
-        """Wait until no task runs (at most `timeout_s`); returns how many still run."""
-        deadline = time.monotonic() + timeout_s
-        while any(self.busy) and time.monotonic() < deadline:
-            time.sleep(self.IDLE_POLL_S)  # shutdown only: a poll keeps the per-task path lock-free
-        return sum(self.busy)
-
-    def _work(self, index: int) -> None:
-        busy = self.busy
-        while True:
-            task = self._tasks.get()
-            if task is None or self._closed:
-                return
-            fn, args = task
-            busy[index] = True
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001 - a worker must survive any task
-                log.exception("consume task failed")
-            finally:
-                busy[index] = False

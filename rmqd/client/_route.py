@@ -217,7 +217,9 @@ class LatencyFaultTolerance:
         item = self._items.get(broker_name)
         return item is None or time.monotonic() >= item[1]
 
-    def unavailable_brokers(self) -> set[str]:
+    def unavailable_brokers(self) -> set[str] | frozenset[str]:
+        if not self._items:  # every send asks: no broker was ever slow or failed
+            return frozenset()
         now = time.monotonic()
         return {name for name, (_, available_at) in list(self._items.items()) if now < available_at}
 

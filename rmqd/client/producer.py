@@ -75,7 +75,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ from rmqd.client._route import (
     select_queue,
     select_round_robin,
 )
+from rmqd.client._tasks import TaskPool
 from rmqd.errors import (
     ClientError,
     MQBrokerError,
@@ -345,7 +346,7 @@ class Producer:
         self._missing_topics: dict[str, float] = {}
         self._queue_cache: dict[str, tuple[TopicRoute, list[MessageQueue]]] = {}
         self._remoting: RemotingClient | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._callbacks: TaskPool | None = None  # the callback thread (RocketMQ's callbackExecutor)
         self._callback_thread_prefix = f"rmqd-producer-{self.group}-{id(self):x}-callback"
 
     # ---------------------------------------------------------------- life cycle
@@ -356,18 +357,20 @@ class Producer:
             return
         self._window = _AsyncWindow(self._window.max_count, self._window.max_bytes)
         self._remoting = RemotingClient(name=f"rmqd-producer-{self.group}")
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._callback_thread_prefix)
+        self._callbacks = TaskPool(1, self._callback_thread_prefix, "async send completion")
+        self._callbacks.start()
         self._routes = RouteCache(NamesrvClient(self._remoting, self.namesrv_addrs, self.send_timeout_ms))
 
     def shutdown(self) -> None:
         """Close connections; pending async sends fail with ClientError."""
-        remoting, executor = self._remoting, self._executor
+        remoting, callbacks = self._remoting, self._callbacks
         if remoting is None:
             return
         self._window.close()
-        remoting.close()  # fails pending futures; their callbacks reach the executor first
-        if executor is not None:
-            executor.shutdown(wait=True)
+        remoting.close()  # fails pending futures; their completions reach the callback thread first
+        if callbacks is not None:
+            callbacks.shutdown(finish_queued=True)  # every async send's future completes
+            callbacks.join()
         self._remoting = None
 
     def __enter__(self) -> Producer:
@@ -798,12 +801,8 @@ class Producer:
     def _hand_off(self, attempt: _Attempt, result: Future[SendResult], queue: MessageQueue, addr: str,
                   done: Future[Command]) -> None:
         """Runs on the I/O thread: move the work to the callback thread."""
-        executor = self._executor
-        try:
-            if executor is None:
-                raise RuntimeError("producer shut down")
-            executor.submit(self._on_async_done, attempt, result, queue, addr, done)
-        except RuntimeError:
+        callbacks = self._callbacks
+        if callbacks is None or not callbacks.submit(self._on_async_done, attempt, result, queue, addr, done):
             if not result.done():
                 result.set_exception(ClientError(f"producer {self.group} shut down before the send ended"))
 

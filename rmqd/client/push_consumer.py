@@ -65,8 +65,9 @@ from typing import Any
 
 from rmqd.client._consumer_core import ConsumerCore, parse_pull_response
 from rmqd.client._ids import new_client_id
-from rmqd.client._push_machinery import ConsumePool, ProcessQueue, PullScheduler
+from rmqd.client._push_machinery import ProcessQueue, PullScheduler
 from rmqd.client._rebalance import AllocateStrategy, Subscription, allocation_strategy, parse_subscription
+from rmqd.client._tasks import TaskPool
 from rmqd.client.consumer import (
     BROKER_SUSPEND_MAX_MS,
     DEFAULT_INSTANCE_NAME,
@@ -163,7 +164,7 @@ class PushConsumer:
         self._wake = threading.Event()  # wakes the maintenance thread
         self._flow_controlled = 0
         self._scheduler = PullScheduler(f"rmqd-pull-{self.group}")
-        self._pool = ConsumePool(consume_thread_max, f"rmqd-consume-{self.group}")
+        self._pool = TaskPool(consume_thread_max, f"rmqd-consume-{self.group}", "consume task")
         self._maintenance: threading.Thread | None = None
 
     @property
@@ -450,7 +451,7 @@ class PushConsumer:
     # ---------------------------------------------------------------- consume threads
 
     def _consume(self, pq: ProcessQueue, batch: list[MessageExt]) -> None:
-        """A pool task (the pool's busy flag is up while it runs: see ConsumePool)."""
+        """A pool task (the pool's busy flag is up while it runs: see TaskPool)."""
         if pq.dropped or self._state != "RUNNING":
             return
         retry_topic = self._retry_topic

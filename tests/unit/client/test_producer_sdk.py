@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -210,7 +211,15 @@ def test_send_async_from_the_callback_thread_never_waits_for_the_window_it_alone
         broker.blackhole_sends = True
         p.send_async(Message("WindowCallback", b"x"), timeout_ms=10_000)
         started = time.monotonic()
-        nested = p._executor.submit(p.send_async, Message("WindowCallback", b"y"), timeout_ms=5000)
+        nested: Future = Future()
+
+        def send_from_the_callback_thread() -> None:
+            try:
+                nested.set_result(p.send_async(Message("WindowCallback", b"y"), timeout_ms=5000))
+            except Exception as exc:
+                nested.set_exception(exc)
+
+        assert p._callbacks.submit(send_from_the_callback_thread)
         with pytest.raises(RemotingTooMuchRequestError):
             nested.result(5)
         assert time.monotonic() - started < 1.0  # refused at once, not after its 5 s budget
