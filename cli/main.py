@@ -222,7 +222,7 @@ def _store_dir(config: Path | None, store_dir: str | None) -> str:
 
 
 def _print_status(report: dict) -> None:
-    state = "running" if report.get("running") else "not running"
+    state = "not running" if not report.get("running") else "booting" if report.get("booting") else "running"
     typer.echo(f"supervisor pid {report.get('supervisor_pid') or '-'}: {state}")
     if report.get("error"):
         _output.error(str(report["error"]))

@@ -516,6 +516,12 @@ def broker_status(store_dir: str) -> dict:
         return report
     try:
         snapshot = shm.snapshot()
+        owner = int((snapshot["heartbeats"].get("supervisor") or {}).get("pid") or 0)
+        if owner != int(info["pid"]):
+            # The segment a killed tree left behind, which this supervisor has not replaced yet (it
+            # writes its pid file first): its states and positions are the dead tree's.
+            report["booting"] = True
+            return report
         now_ns = time.monotonic_ns()
         for name, slot in snapshot["heartbeats"].items():
             pid = int(slot.get("pid") or 0)
