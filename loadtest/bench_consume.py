@@ -337,7 +337,7 @@ def send_paced(producer: Producer, topic: str, index: int, rate: float, seconds:
     # Outcomes are counted as they settle: holding every future until the end made the garbage
     # collector walk all of them (110,000 futures at 5,000 msg/s), and its gen-2 passes stalled the
     # sender and the I/O thread for up to 1 s.
-    state = {"sent": 0, "settled": 0, "failed": 0}
+    state = {"settled": 0, "failed": 0}
     all_settled = threading.Condition()
 
     def settled(future: Any, sent_ns: int) -> None:
@@ -363,16 +363,13 @@ def send_paced(producer: Producer, topic: str, index: int, rate: float, seconds:
             window.acquire()
         sent_ns = time.time_ns()
         stamp = STAMP.pack(sent_ns, index, seq, elapsed >= warmup_s)
-        with all_settled:
-            state["sent"] += 1
         future = producer.send_async(Message(topic, stamp + padding))
         future.add_done_callback(lambda done, sent_ns=sent_ns: settled(done, sent_ns))
         seq += 1
     with all_settled:
-        all_settled.wait_for(lambda: state["settled"] >= state["sent"], timeout=60)
-        unsettled = state["sent"] - state["settled"]
-        failed = state["failed"] + unsettled
-    return state["sent"] - failed, failed, acks
+        all_settled.wait_for(lambda: state["settled"] >= seq, timeout=60)  # seq: sends made
+        failed = state["failed"] + seq - state["settled"]
+    return seq - failed, failed, acks
 
 
 @dataclass
