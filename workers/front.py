@@ -52,6 +52,10 @@ from workers.base import WorkerProcess, run_from_argv
 log = logging.getLogger("rmqd.front")
 
 MAX_REQUESTS_PER_ROUND = 512  # bound one round so acks and wakes are never starved
+# Requests served between two hand-offs to the writer within a round (publish the request ring,
+# answer what it acknowledged): the writer and the clients work while the front serves the rest,
+# instead of the round's end (measured, 64 x 100 B batches, 128 in flight: 213k -> 261k msg/s).
+HAND_OFF_EVERY = 8
 MAX_PENDING_SENDS = 20_000  # sends handed to the writer and not yet answered (memory bound)
 PULL_FLAG_COMMIT_OFFSET = 0x1  # RocketMQ PullSysFlag
 PULL_FLAG_SUSPEND = 0x2
@@ -250,7 +254,9 @@ class Front(WorkerProcess):
                 if dealer in ready:
                     self._drain_namesrv(dealer)
             return
-        for _ in range(MAX_REQUESTS_PER_ROUND):
+        for served in range(MAX_REQUESTS_PER_ROUND):
+            if served and served % HAND_OFF_EVERY == 0:
+                self._hand_off()
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -298,7 +304,7 @@ class Front(WorkerProcess):
         if code == RequestCode.SEND_BATCH_MESSAGE:
             return self.process_send(identity, cmd, batch=True)
         if code == RequestCode.PULL_MESSAGE:
-            self._between_pulls()
+            self._hand_off()
             return self.process_pull(identity, cmd, frame, allow_suspend=True)
         if code == RequestCode.HEART_BEAT:  # the identity is where NOTIFY_CONSUMER_IDS_CHANGED goes
             retry_logic.ensure_retry_topics(cmd.body, self.topics, self._register_now)  # %RETRY%group
@@ -565,11 +571,13 @@ class Front(WorkerProcess):
         self.park_ring.commit(0)
         return True
 
-    def _between_pulls(self) -> None:
-        """Before a pull (tens of microseconds of CommitLog reading and encoding): hand the sends
-        of this round to the writer now, and answer what the writer acknowledged meanwhile. Sends
-        then never wait behind a round's pulls; with a push consumer at 5,000 msg/s they did, for
-        0.5 ms of a send's 0.7 ms in the broker."""
+    def _hand_off(self) -> None:
+        """Hand the sends served so far in this round to the writer now, and answer what the writer
+        acknowledged meanwhile: every HAND_OFF_EVERY requests and before each pull (tens of
+        microseconds of CommitLog reading and encoding). Sends then never wait for the round's end:
+        at full speed a round of 128 batches took ~20 ms, with the writer idle until its end and the
+        front idle after it (with a push consumer at 5,000 msg/s, waiting behind pulls was 0.5 ms of
+        a send's 0.7 ms in the broker)."""
         self.request_ring.publish()
         if self.ack_ring.ready():
             self._take_acks()
@@ -577,7 +585,7 @@ class Front(WorkerProcess):
     def _take_wakes(self) -> None:
         entries = self.wake_ring.entries()
         for _kind, entry in entries:
-            self._between_pulls()
+            self._hand_off()
             pull = decode_parked_pull(entry)
             try:
                 cmd = codec.decode(pull.frame)

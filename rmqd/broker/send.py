@@ -29,11 +29,12 @@ class Rejection:
 
 @dataclass
 class PreparedSend:
-    """A validated send: messages as (flag, body, properties, sys_flag, reconsume_times)."""
+    """A validated send: messages as (flag, body, properties, sys_flag, reconsume_times); a batch's
+    bodies and properties are views of the request frame."""
 
     topic: bytes
     queue_id: int
-    messages: list[tuple[int, memoryview, bytes, int, int]]
+    messages: list[tuple[int, memoryview, bytes | memoryview, int, int]]
     born_timestamp_ms: int
     born_host: bytes
     records_bytes: int
@@ -122,7 +123,7 @@ def _safe_int(value: object) -> int:
 def _prepare_batch(
     topic: bytes, queue_id: int, sys_flag: int, born_ms: int, reconsume: int, fields: dict, body: memoryview
 ) -> PreparedSend | Rejection:
-    messages: list[tuple[int, memoryview, bytes, int, int]] = []
+    messages: list[tuple[int, memoryview, memoryview, int, int]] = []
     variable = 0  # body and properties bytes of every message
     try:
         for flag, msg_body, msg_props in codec.iter_batch(body):
@@ -130,9 +131,8 @@ def _prepare_batch(
                 return Rejection(
                     ResponseCode.MESSAGE_ILLEGAL, f"message {len(messages)} of the batch has an empty body"
                 )
-            props = bytes(msg_props)
-            messages.append((flag, msg_body, props, sys_flag, reconsume))
-            variable += len(msg_body) + len(props)
+            messages.append((flag, msg_body, msg_props, sys_flag, reconsume))
+            variable += len(msg_body) + len(msg_props)
     except ProtocolError as exc:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, f"bad batch body: {exc}")
     if not messages:

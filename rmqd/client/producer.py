@@ -158,12 +158,19 @@ def validate_group(group: object) -> str:
 
 # ---------------------------------------------------------------------------- wire properties and batches
 
+_PLAIN_WAIT_TRUE = f"{Prop.WAIT}\x01true\x02{Prop.UNIQ_KEY}\x01"
+_PLAIN_WAIT_FALSE = f"{Prop.WAIT}\x01false\x02{Prop.UNIQ_KEY}\x01"
+
+
 def wire_properties(msg: Message, uniq_key: str, sharding_key: str | None = None) -> str:
     """The properties text (`name\\x01value\\x02...`) a send of `msg` carries.
 
     User properties first, then what the SDK sets from the Message's attributes. Reserved names
     cannot appear among the user properties (validate_message refuses them), so no name repeats.
     """
+    if (msg.properties is None and msg.tags is None and msg.keys is None and not msg.delay_level
+            and msg.deliver_at_ms is None and sharding_key is None):  # a plain message: WAIT and UNIQ_KEY
+        return f"{_PLAIN_WAIT_TRUE if msg.wait_store_msg_ok else _PLAIN_WAIT_FALSE}{uniq_key}\x02"
     parts = [f"{name}\x01{value}\x02" for name, value in msg.properties.items()] if msg.properties else []
     if msg.tags:
         parts.append(f"{Prop.TAGS}\x01{msg.tags}\x02")

@@ -273,14 +273,13 @@ def decode_json_body(body: Any, what: str = "body") -> dict[str, Any]:
 def encode_batch(items: Iterable[tuple[int, bytes | memoryview, bytes]]) -> bytes:
     """Batch body from (flag, body, properties_bytes) triples; see the diagram above."""
     parts: list[bytes | memoryview] = []
+    pack_head, pack_props_len, fixed = BATCH_ITEM_HEAD.pack, BATCH_PROPERTIES_LEN.pack, BATCH_ITEM_FIXED_SIZE
     for flag, body, properties in items:
-        if len(properties) > MAX_PROPERTIES_BYTES:
-            raise ValueError(f"properties are {len(properties)} bytes, the limit is {MAX_PROPERTIES_BYTES}")
-        total_size = BATCH_ITEM_FIXED_SIZE + len(body) + len(properties)
-        parts.append(BATCH_ITEM_HEAD.pack(total_size, flag, len(body)))
-        parts.append(body)
-        parts.append(BATCH_PROPERTIES_LEN.pack(len(properties)))
-        parts.append(properties)
+        body_len, props_len = len(body), len(properties)
+        if props_len > MAX_PROPERTIES_BYTES:
+            raise ValueError(f"properties are {props_len} bytes, the limit is {MAX_PROPERTIES_BYTES}")
+        parts += (pack_head(fixed + body_len + props_len, flag, body_len), body, pack_props_len(props_len),
+                  properties)
     return b"".join(parts)
 
 

@@ -89,8 +89,9 @@ def test_a_batch_is_checked_on_its_whole_frame_and_then_message_by_message():
     body = memoryview(frame)[6:30]
     clean = PreparedSend(b"T", 0, [(0, body, rec.encode_properties({"k": "v"}), 0, 0)], NOW, b"\0" * 8, 100)
     assert schedule.maybe_redirect(clean, batch=True, cfg=CFG) is None  # the mark was in a body only
-    delayed = PreparedSend(b"T", 0, [(0, body, rec.encode_properties({Prop.DELAY: "1"}), 0, 0)], NOW,
-                           b"\0" * 8, 100)
+    # the front's batch properties are views of the request frame
+    delayed = PreparedSend(b"T", 0, [(0, body, memoryview(rec.encode_properties({Prop.DELAY: "1"})), 0, 0)],
+                           NOW, b"\0" * 8, 100)
     assert isinstance(schedule.maybe_redirect(delayed, batch=True, cfg=CFG), Rejection)
 
 

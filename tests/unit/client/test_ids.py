@@ -5,7 +5,8 @@ import os
 import socket
 import threading
 
-from rmqd.client._ids import UNIQ_KEY, local_ip, new_client_id, new_uniq_key
+from rmqd.client import _ids
+from rmqd.client._ids import UNIQ_KEY, local_ip, new_client_id, new_uniq_key, new_uniq_keys
 
 
 def test_uniq_key_is_32_upper_case_hex_with_ip_and_pid_in_front():
@@ -30,6 +31,18 @@ def test_uniq_keys_from_many_threads_never_collide():
     for thread in threads:
         thread.join(30)
     assert len(keys) == 40_000 and len(set(keys)) == 40_000
+
+
+def test_a_batch_of_ids_counts_on_from_single_ids_and_wraps_its_counter_like_them(monkeypatch):
+    for count in (1, 7, 8, 64, 300):  # both ways of formatting a batch
+        monkeypatch.setattr(_ids, "_counter", 0xFFFF - 5)  # the batch crosses the u16 wrap
+        single = new_uniq_key()
+        batch = new_uniq_keys(count)
+        assert len(batch) == count and len(set(batch)) == count
+        counters = [UNIQ_KEY.unpack(bytes.fromhex(key))[4] for key in [single, *batch]]
+        assert counters == [(0xFFFF - 4 + n) & 0xFFFF for n in range(count + 1)]
+        for key in batch:  # same process part and layout as a single id
+            assert len(key) == 32 and key == key.upper() and key[:20] == single[:20]
 
 
 def test_uniq_keys_in_a_forked_child_differ_from_the_parents():

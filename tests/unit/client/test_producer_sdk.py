@@ -10,7 +10,7 @@ import pytest
 
 from rmqd.client import Message, MessageQueue, Producer, SendStatus
 from rmqd.client._route import LatencyFaultTolerance, select_queue
-from rmqd.client.producer import batch_item_size, split_batch
+from rmqd.client.producer import batch_item_size, split_batch, wire_properties
 from rmqd.errors import (
     MQBrokerError,
     MQClientError,
@@ -18,7 +18,7 @@ from rmqd.errors import (
     RemotingTooMuchRequestError,
 )
 from rmqd.protocol import ResponseCode, decode_batch
-from rmqd.store.record import decode_record
+from rmqd.store.record import decode_properties, decode_record
 from tests.helpers import free_port, wait_until
 
 MIB = 1024 * 1024
@@ -381,3 +381,16 @@ def test_incompressible_bodies_are_sent_as_they_are(broker, namesrv):
         result = p.send(Message("Random", body))
     record = decode_record(broker.stored("Random", result.queue.queue_id)[0], 0)
     assert record.sys_flag & 1 == 0 and record.body == body
+
+
+@pytest.mark.parametrize("msg, sharding_key, expected", [
+    (Message("T", b"x"), None, {"WAIT": "true"}),
+    (Message("T", b"x", wait_store_msg_ok=False), None, {"WAIT": "false"}),
+    (Message("T", b"x", tags="A", keys=["k1", "k2"], properties={"p": "v"}), "s",
+     {"p": "v", "TAGS": "A", "KEYS": "k1 k2", "WAIT": "true", "__SHARDINGKEY": "s"}),
+    (Message("T", b"x", delay_level=3), None, {"WAIT": "true", "DELAY": "3"}),
+])
+def test_wire_properties_of_plain_and_decorated_messages_end_with_the_uniq_key(msg, sharding_key, expected):
+    text = wire_properties(msg, "ABC", sharding_key)
+    assert text.endswith("UNIQ_KEY\x01ABC\x02") and text.count("UNIQ_KEY") == 1
+    assert decode_properties(text.encode()) == {**expected, "UNIQ_KEY": "ABC"}
