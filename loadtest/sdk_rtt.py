@@ -7,7 +7,8 @@ the same SEND_MESSAGE request goes through:
     raw DEALER            a bare zmq DEALER send + recv of the frame: the floor of any client
     invoke via I/O thread RemotingClient(direct_sync=False).invoke: the caller queues the frame for
                           the I/O thread (eventfd wake-up) and waits on a Future (the SDK's old path)
-    invoke direct         RemotingClient.invoke on the caller's own pooled DEALER (the SDK's default)
+    invoke direct         RemotingClient.invoke on the caller's own pooled connection (the SDK's
+                          default: a plain TCP socket speaking ZMTP as a DEALER, rmqd/client/_zmtp.py)
     Producer.send         the whole producer: validation, UNIQ_KEY, routing, fault tolerance, result
 
 against two servers: an echo ROUTER in another process (the client alone) and a throwaway broker

@@ -92,6 +92,11 @@ class RemotingTimeoutError(ClientError):
     """No response arrived within the timeout."""
 
 
+class RemotingConnectError(ClientError):
+    """The connection to a broker or namesrv could not be made, or broke before the response came
+    (RocketMQ's RemotingConnectException): retryable, like a timeout."""
+
+
 class RemotingTooMuchRequestError(ClientError):
     """The producer's async in-flight window stayed full for the whole send timeout (back pressure)."""
 

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rmqd.client._remoting import RemotingClient
-from rmqd.errors import MQBrokerError, MQClientError, ProtocolError, RemotingTimeoutError
+from rmqd.errors import (
+    MQBrokerError,
+    MQClientError,
+    ProtocolError,
+    RemotingConnectError,
+    RemotingTimeoutError,
+)
 from rmqd.message import MessageQueue
 from rmqd.protocol import Command, Perm, RequestCode, ResponseCode, code_name, decode_json_body
 from rmqd.store.record import java_string_hash
@@ -126,13 +132,13 @@ class NamesrvClient:
     def invoke(self, code: int, fields: dict[str, Any] | None = None, body: bytes = b"",
                timeout_ms: int | None = None) -> tuple[str, Command]:
         """(namesrv address, response) from the first namesrv that answers."""
-        last_error: RemotingTimeoutError | None = None
+        last_error: RemotingTimeoutError | RemotingConnectError | None = None
         start = self._next
         for i in range(len(self.addrs)):
             addr = self.addrs[(start + i) % len(self.addrs)]
             try:
                 return addr, self.remoting.invoke(addr, code, fields, body, timeout_ms or self.timeout_ms)
-            except RemotingTimeoutError as exc:
+            except (RemotingTimeoutError, RemotingConnectError) as exc:
                 last_error = exc
                 self._next = (start + i + 1) % len(self.addrs)
         raise RemotingTimeoutError(f"no namesrv answered ({', '.join(self.addrs)}): {last_error}")

@@ -105,6 +105,7 @@ from rmqd.errors import (
     ClientError,
     MQBrokerError,
     MQClientError,
+    RemotingConnectError,
     RemotingTimeoutError,
     RemotingTooMuchRequestError,
     RmqError,
@@ -579,7 +580,7 @@ class Producer:
                 response = remoting.invoke(addr, request.code, fields, request.body,
                                            self._remaining_ms(attempt))
                 result = self._to_send_result(response, queue, request, addr)
-            except (RemotingTimeoutError, MQBrokerError, MQClientError) as exc:
+            except (RemotingTimeoutError, RemotingConnectError, MQBrokerError, MQClientError) as exc:
                 self._on_failure(attempt, queue, exc)
                 continue
             self._record_latency(queue.broker_name, attempt.started, isolation=False)
@@ -817,7 +818,7 @@ class Producer:
                        done: Future[Command]) -> None:
         try:
             send_result = self._to_send_result(done.result(), queue, attempt.request, addr)
-        except (RemotingTimeoutError, MQBrokerError, MQClientError) as exc:
+        except (RemotingTimeoutError, RemotingConnectError, MQBrokerError, MQClientError) as exc:
             try:
                 self._on_failure(attempt, queue, exc)
             except ClientError as final:

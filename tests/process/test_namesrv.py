@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from rmqd.client._remoting import RemotingClient
-from rmqd.errors import RemotingTimeoutError
+from rmqd.errors import RemotingConnectError, RemotingTimeoutError
 from rmqd.protocol import (
     RequestCode,
     ResponseCode,
@@ -49,7 +49,7 @@ def namesrv(tmp_path):
 def _answers(client: RemotingClient, addr: str) -> bool:
     try:
         client.invoke(addr, RequestCode.GET_ALL_TOPIC_LIST_FROM_NAMESERVER, timeout_ms=300)
-    except RemotingTimeoutError:
+    except (RemotingTimeoutError, RemotingConnectError):  # still starting: no answer, or not listening
         return False
     return True
 

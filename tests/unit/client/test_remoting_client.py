@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ import pytest
 import zmq
 
 from rmqd.client._remoting import RemotingClient
-from rmqd.errors import ClientError, MQClientError, RemotingTimeoutError
+from rmqd.errors import ClientError, MQClientError, RemotingConnectError, RemotingTimeoutError
 from rmqd.protocol import decode, encode_request, encode_response
 from tests.helpers import free_port, wait_until
 
@@ -21,8 +22,9 @@ SERVER_LOOPS_MAX = 20 * 60 * 5  # 50 ms polls: the server thread can never outli
 class RouterServer:
     """ROUTER on a free port run by one thread; behaviour chosen by the request code."""
 
-    def __init__(self) -> None:
-        self.addr = f"127.0.0.1:{free_port()}"
+    def __init__(self, port: int | None = None, heartbeat_ms: int = 0) -> None:
+        self.addr = f"127.0.0.1:{port or free_port()}"
+        self.heartbeat_ms = heartbeat_ms  # ZMTP PINGs from the server (and a dropped peer if unanswered)
         self.oneways: list[bytes] = []
         self.identities: set[bytes] = set()
         self.held: list[tuple[bytes, int]] = []
@@ -44,6 +46,9 @@ class RouterServer:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.heartbeat_ms:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_ms)
         sock.bind(f"tcp://{self.addr}")
         self._ready.set()
         try:
@@ -129,9 +134,48 @@ def test_after_a_timeout_a_fresh_socket_is_used_and_the_late_reply_matches_nothi
     assert len(server.identities) == 2
 
 
-def test_a_peer_that_never_listens_times_out(client):
-    with pytest.raises(RemotingTimeoutError):
-        client.invoke(f"127.0.0.1:{free_port()}", ECHO, timeout_ms=150)
+def test_a_peer_that_never_listens_fails_a_synchronous_call_at_once_and_an_async_one_at_its_timeout(client):
+    started = time.monotonic()
+    with pytest.raises(RemotingConnectError, match="cannot connect"):
+        client.invoke(f"127.0.0.1:{free_port()}", ECHO, timeout_ms=5_000)
+    assert time.monotonic() - started < 2.5  # refused, not waited for
+    with pytest.raises(RemotingTimeoutError):  # libzmq keeps reconnecting until the deadline
+        client.invoke_async(f"127.0.0.1:{free_port()}", ECHO, timeout_ms=150).result(5)
+
+
+def test_large_frames_cross_the_synchronous_connection_both_ways(server, client):
+    body = bytes(range(256)) * 1024  # 256 KiB: ZMTP's long frame form
+    assert bytes(client.invoke(server.addr, ECHO, body=body, timeout_ms=5_000).body) == body
+
+
+def test_a_synchronous_caller_answers_the_peers_heartbeat_pings_while_it_waits(client):
+    server = RouterServer(heartbeat_ms=20)  # drops a peer that leaves a PING unanswered for 20 ms
+    try:
+        with pytest.raises(RemotingTimeoutError):  # the connection lived through 20 PINGs: a timeout,
+            client.invoke(server.addr, HOLD, timeout_ms=400)  # not a broken connection
+        assert client.invoke(server.addr, ECHO, body=b"after").remark == "echo"
+    finally:
+        server.stop()
+
+
+def test_a_peer_that_is_not_zeromq_is_refused_with_a_clear_error(client):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_junk() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(64))
+            conn.recv(1024)
+
+    thread = threading.Thread(target=answer_junk, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RemotingConnectError, match="not a ZeroMQ socket"):
+            client.invoke(f"127.0.0.1:{port}", ECHO, timeout_ms=3_000)
+    finally:
+        listener.close()
+        thread.join(5)
 
 
 def test_oneway_requests_reach_the_server_without_a_response(server, client):

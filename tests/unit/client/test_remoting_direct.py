@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from rmqd.client._remoting import RemotingClient
-from rmqd.errors import ClientError, RemotingTimeoutError
+from rmqd.errors import ClientError, RemotingConnectError, RemotingTimeoutError
 from tests.helpers import wait_until
 from tests.unit.client.test_remoting_client import ECHO, HOLD, RouterServer
 
@@ -46,8 +47,8 @@ def test_concurrent_synchronous_callers_use_at_most_one_connection_each(server):
     assert 1 <= len(server.identities) <= 4
 
 
-def test_close_interrupts_a_synchronous_caller_waiting_for_its_answer(server):
-    client = RemotingClient()
+def _held_call(client: RemotingClient, server: RouterServer) -> tuple[threading.Thread, list[BaseException]]:
+    """A caller thread blocked on a request the server holds unanswered (60 s timeout)."""
     outcome: list[BaseException] = []
 
     def wait_forever() -> None:
@@ -59,11 +60,38 @@ def test_close_interrupts_a_synchronous_caller_waiting_for_its_answer(server):
     caller = threading.Thread(target=wait_forever)
     caller.start()
     wait_until(lambda: server.held, 5, "the held request to reach the server")
+    return caller, outcome
+
+
+def test_close_interrupts_a_synchronous_caller_waiting_for_its_answer(server):
+    client = RemotingClient()
+    caller, outcome = _held_call(client, server)
     client.close()
     caller.join(5)
     assert not caller.is_alive()
     assert isinstance(outcome[0], ClientError) and not isinstance(outcome[0], RemotingTimeoutError)
     assert "closed" in str(outcome[0])
+
+
+def test_a_restarted_peer_is_reconnected_and_one_going_away_mid_call_fails_the_call_at_once():
+    server = RouterServer()
+    port = int(server.addr.rpartition(":")[2])
+    client = RemotingClient()
+    try:
+        assert client.invoke(server.addr, ECHO).remark == "echo"  # its connection now idles in the pool
+        server.stop()
+        server = RouterServer(port=port)  # same address, as a restarted broker
+        # the idle connection is found dead before use: a fresh one, no error
+        assert client.invoke(server.addr, ECHO, body=b"again").remark == "echo"
+        caller, outcome = _held_call(client, server)
+        started = time.monotonic()
+        server.stop()
+        caller.join(10)
+        assert not caller.is_alive() and isinstance(outcome[0], RemotingConnectError), outcome
+        assert time.monotonic() - started < 8  # not the 60 s timeout
+    finally:
+        client.close()
+        server.stop()
 
 
 def test_the_i_o_thread_path_is_kept_when_direct_sync_is_off(server):
