@@ -6,7 +6,8 @@
 #
 # ROOT is the system root the scripts look at: "" (the real /) unless --root DIR or RMQD_SYSROOT is
 # given. Tests point it at a fake tree holding proc/sys/vm/*, sys/kernel/mm/transparent_hugepage/*,
-# sys/block/DEV/queue/* and proc/self/limits, so nothing of the real machine is read or written.
+# sys/block/DEV/queue/*, sys/module/haltpoll/parameters/* and proc/self/limits, so nothing of the
+# real machine is read or written.
 
 OS_TUNING_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SYSCTL_CONF="$OS_TUNING_DIR/sysctl.d/60-rmqd.conf"
@@ -18,6 +19,7 @@ SCHED_WANT="mq-deadline"; SCHED_OK=" none mq-deadline "  # none for NVMe/virtio,
 READAHEAD_MIN_KB=128
 NOFILE_WANT=655350                                        # RocketMQ's limit; every mapping holds an fd
 LIMITS_CONF_NAME="60-rmqd.conf"
+HALTPOLL_NS_MIN=200000                                    # KVM guests: poll 200 us before halting a vCPU
 
 ROOT="${RMQD_SYSROOT:-}"
 DEVICE="${RMQD_BLOCK_DEVICE:-}"
@@ -135,6 +137,12 @@ for_each_knob() {
             minimum_status "$READAHEAD_MIN_KB"
     else
         "$fn" "block.(store device)" "-" "" "$SCHED_WANT" missing
+    fi
+
+    # Only in a KVM guest whose idle driver is cpuidle-haltpoll (the file exists); elsewhere no row.
+    local haltpoll="$ROOT/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+    if [ -e "$haltpoll" ]; then
+        knob "$fn" haltpoll.guest_halt_poll_ns "$haltpoll" "$HALTPOLL_NS_MIN" minimum_status "$HALTPOLL_NS_MIN"
     fi
 
     current="$(nofile_current || true)"

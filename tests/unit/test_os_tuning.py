@@ -1,7 +1,8 @@
 """os_tuning/check.sh and apply.sh against a fake system root (never the real /proc/sys).
 
 The fake root holds what the scripts read and write: proc/sys/vm/*, the transparent hugepage
-switches, one block device's queue settings, proc/self/limits and an /etc/sysctl.d file that was
+switches, one block device's queue settings, the haltpoll idle driver's poll time,
+proc/self/limits and an /etc/sysctl.d file that was
 there before. The round trip: check reports drift, dry-run changes nothing, apply fixes every knob
 and saves what it replaced, a second apply changes nothing, revert restores every byte.
 """
@@ -29,6 +30,7 @@ DEFAULTS = {  # this machine's values (PERFORMANCE_NOTES), plus THP "always" and
     "sys/kernel/mm/transparent_hugepage/defrag": "always defer defer+madvise [madvise] never\n",
     "sys/block/sdb/queue/scheduler": "mq-deadline kyber [bfq] none\n",
     "sys/block/sdb/queue/read_ahead_kb": "64\n",
+    "sys/module/haltpoll/parameters/guest_halt_poll_ns": "0\n",  # a KVM guest that never polls
     "proc/self/limits": "Limit                     Soft Limit  Hard Limit  Units\n"
                         "Max open files            1024        4096        files\n",
     "etc/sysctl.d/60-rmqd.conf": "# an older copy an operator edited by hand\nvm.swappiness = 10\n",
@@ -84,6 +86,7 @@ def test_check_prints_current_against_recommended_and_fails_on_drift(fake_root: 
     assert table["transparent_hugepage.defrag"] == ["madvise", "madvise", "ok"]
     assert table["block.sdb.scheduler"] == ["bfq", "mq-deadline", "drift"]
     assert table["block.sdb.read_ahead_kb"] == ["64", "128", "drift"]
+    assert table["haltpoll.guest_halt_poll_ns"] == ["0", "200000", "drift"]
     assert table["nofile"] == ["1024", "655350", "drift"]
 
 
@@ -105,6 +108,7 @@ def test_apply_then_revert_round_trips_and_both_are_idempotent(fake_root: Path) 
     assert after["proc/sys/vm/swappiness"] == "1\n" and after["proc/sys/vm/max_map_count"] == "655360\n"
     assert after["sys/kernel/mm/transparent_hugepage/enabled"] == "madvise\n"
     assert after["sys/block/sdb/queue/scheduler"] == "mq-deadline\n"
+    assert after["sys/module/haltpoll/parameters/guest_halt_poll_ns"] == "200000\n"
     assert after["etc/sysctl.d/60-rmqd.conf"] == (REPO / "os_tuning/sysctl.d/60-rmqd.conf").read_text()
     assert "nofile    655350" in after["etc/security/limits.d/60-rmqd.conf"]
     # check: everything matches except the open-files limit, which waits for the next login
@@ -154,4 +158,5 @@ def test_a_knob_the_system_lacks_is_reported_missing_not_drift(fake_root: Path) 
     result = run(CHECK, fake_root)
     table = rows(result.stdout)
     assert table["block.sdb.scheduler"][-1] == "missing" and table["nofile"][-1] == "ok"
+    assert "haltpoll.guest_halt_poll_ns" not in table  # not a KVM guest with haltpoll: no row at all
     assert result.returncode == 0, result.stdout
