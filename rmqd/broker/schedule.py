@@ -76,11 +76,12 @@ def maybe_redirect(prepared: PreparedSend, *, batch: bool, cfg: Any,
     BrokerConfig (its messageDelayLevel is parsed once per distinct value).
     """
     if batch:
-        every_props = b"\x02".join([message[2] for message in prepared.messages])
+        all_props = prepared.properties()
+        every_props = b"\x02".join(all_props)
         if DELAY_MARK not in every_props and TIMER_MARK not in every_props:
             return None  # one search over all properties, not over the bodies: 10x cheaper for 1 KiB
-        for message in prepared.messages:
-            props = bytes(message[2])  # a batch's are views of the request (`in` on a view tests items)
+        for raw in all_props:
+            props = bytes(raw)  # a batch's are views of the request (`in` on a view tests items)
             if DELAY_MARK in props or TIMER_MARK in props:
                 return Rejection(ResponseCode.MESSAGE_ILLEGAL,
                                  "delayed or timer messages cannot be sent in a batch (as in RocketMQ)")

@@ -29,8 +29,11 @@ class Rejection:
 
 @dataclass
 class PreparedSend:
-    """A validated send: messages as (flag, body, properties, sys_flag, reconsume_times); a batch's
-    bodies and properties are views of the request frame."""
+    """A validated send. A single message (also a retry or a scheduled copy) is listed in
+    `messages` as (flag, body, properties, sys_flag, reconsume_times); a batch keeps `messages`
+    empty and its request body as `source`, with where each message lies in it as `spans`
+    (codec.batch_spans: four ints a message) and one sys_flag / reconsume_times for all of them:
+    no object per message on the front's busiest path."""
 
     topic: bytes
     queue_id: int
@@ -38,6 +41,24 @@ class PreparedSend:
     born_timestamp_ms: int
     born_host: bytes
     records_bytes: int
+    source: memoryview | None = None
+    spans: list[int] | None = None
+    sys_flag: int = 0
+    reconsume_times: int = 0
+
+    @property
+    def count(self) -> int:
+        """Messages (records) in this send."""
+        return len(self.spans) // 4 if self.spans is not None else len(self.messages)
+
+    def properties(self) -> list[bytes | memoryview]:
+        """The raw properties of every message, in order (views into the request for a batch)."""
+        if self.spans is None:
+            return [message[2] for message in self.messages]
+        source, spans = self.source, self.spans
+        # each message's properties start 2 bytes (their length) past the end of its body
+        starts = [start + length + 2 for start, length in zip(spans[1::4], spans[2::4])]
+        return [source[at:at + tail - 2] for at, tail in zip(starts, spans[3::4])]
 
     def entry_size(self) -> int:
         return ar.append_request_size(len(self.topic), self.records_bytes)
@@ -123,28 +144,32 @@ def _safe_int(value: object) -> int:
 def _prepare_batch(
     topic: bytes, queue_id: int, sys_flag: int, born_ms: int, reconsume: int, fields: dict, body: memoryview
 ) -> PreparedSend | Rejection:
-    messages: list[tuple[int, memoryview, memoryview, int, int]] = []
-    variable = 0  # body and properties bytes of every message
     try:
-        for flag, msg_body, msg_props in codec.iter_batch(body):
-            if not msg_body:
-                return Rejection(
-                    ResponseCode.MESSAGE_ILLEGAL, f"message {len(messages)} of the batch has an empty body"
-                )
-            messages.append((flag, msg_body, msg_props, sys_flag, reconsume))
-            variable += len(msg_body) + len(msg_props)
+        spans = codec.batch_spans(body)
     except ProtocolError as exc:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, f"bad batch body: {exc}")
-    if not messages:
+    if not spans:
         return Rejection(ResponseCode.MESSAGE_ILLEGAL, "the batch holds no messages")
-    total = variable + len(messages) * rec.record_size(0, len(topic), 0)  # every record: same topic
-    return PreparedSend(topic, queue_id, messages, born_ms, _born_host(fields), total)
+    body_lens = spans[2::4]
+    if 0 in body_lens:
+        return Rejection(ResponseCode.MESSAGE_ILLEGAL,
+                         f"message {body_lens.index(0)} of the batch has an empty body")
+    count = len(body_lens)
+    # every record: same topic; its body and properties are the item's bytes but the item's head
+    total = len(body) - count * codec.BATCH_ITEM_FIXED_SIZE + count * rec.record_size(0, len(topic), 0)
+    return PreparedSend(topic, queue_id, [], born_ms, _born_host(fields), total, source=body, spans=spans,
+                        sys_flag=sys_flag, reconsume_times=reconsume)
 
 
 def encode_into(buf: memoryview, request_id: int, send: PreparedSend, store_host: bytes) -> None:
     """Write the AppendRequest for `send` into `buf` (a ring reservation of send.entry_size())."""
     file_pos = ar.encode_append_request_head(
-        buf, request_id, send.queue_id, len(send.messages), send.records_bytes, send.topic
+        buf, request_id, send.queue_id, send.count, send.records_bytes, send.topic
     )
-    rec.encode_records(buf, file_pos, send.topic, send.queue_id, send.messages, send.born_timestamp_ms,
-                       send.born_host, store_host)
+    if send.spans is not None:
+        rec.encode_record_spans(buf, file_pos, send.topic, send.queue_id, send.source, send.spans,
+                                send.sys_flag, send.reconsume_times, send.born_timestamp_ms, send.born_host,
+                                store_host)
+    else:
+        rec.encode_records(buf, file_pos, send.topic, send.queue_id, send.messages, send.born_timestamp_ms,
+                           send.born_host, store_host)

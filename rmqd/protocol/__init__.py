@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rmqd.protocol.codec import (
     Command,
+    batch_spans,
     decode,
     decode_batch,
     decode_json_body,
@@ -37,6 +38,7 @@ __all__ = [
     "PullSysFlag",
     "RequestCode",
     "ResponseCode",
+    "batch_spans",
     "code_name",
     "decode",
     "decode_batch",

@@ -309,6 +309,38 @@ def iter_batch(body: Any) -> Iterator[tuple[int, memoryview, memoryview]]:
         raise ProtocolError(f"batch item {index} at byte {pos} is inconsistent")
 
 
+def batch_spans(body: Any) -> list[int]:
+    """Where the messages of a batch body are, every item validated first; raises ProtocolError
+    naming the first inconsistent item. Four ints per message, in order, in one flat list:
+
+        flag, body_start, body_len, tail_len
+
+    The body is `body[body_start:body_start + body_len]`; the `tail_len` bytes after it are the
+    properties with their 2-byte big-endian length in front, which is also how a CommitLog record
+    stores them (store.record.encode_record_spans copies them as they are). The front's hot path: no
+    object per message but four ints.
+    """
+    view = _as_view(body)
+    end = len(view)
+    unpack_head, unpack_props_len = BATCH_ITEM_HEAD.unpack_from, BATCH_PROPERTIES_LEN.unpack_from
+    head_size, fixed = BATCH_ITEM_HEAD.size, BATCH_ITEM_FIXED_SIZE
+    spans: list[int] = []
+    add = spans.extend
+    pos = 0
+    while pos < end:
+        if end - pos >= fixed:
+            total_size, flag, body_len = unpack_head(view, pos)
+            body_end = pos + head_size + body_len
+            if (fixed <= total_size <= end - pos and 0 <= body_len <= total_size - fixed
+                    and unpack_props_len(view, body_end)[0] == total_size - fixed - body_len):
+                add((flag, pos + head_size, body_len, total_size - head_size - body_len))
+                pos += total_size
+                continue
+        _check_batch_item(view, pos, len(spans) // 4)  # raises ProtocolError naming the bad field
+        raise ProtocolError(f"batch item {len(spans) // 4} at byte {pos} is inconsistent")
+    return spans
+
+
 def decode_batch(body: Any) -> list[tuple[int, memoryview, memoryview]]:
     """All items of a batch body, validated before anything is returned. Raises ProtocolError."""
     items = list(iter_batch(body))

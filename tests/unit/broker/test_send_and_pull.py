@@ -122,7 +122,7 @@ def test_batch_send_becomes_one_record_per_message(store):
         write_queue_nums=4,
         max_message_size=1 << 20,
     )
-    assert len(prepared.messages) == 5
+    assert prepared.count == 5
     _append(writer_log, cq_store, prepared, 0)
     result = reader.get_messages("Orders", 1, 0, 32, 1 << 20, None, writer_log.write_pos)
     decoded = [rec.decode_record(v, 0) for v in result.buffers]

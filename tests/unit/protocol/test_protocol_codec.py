@@ -14,6 +14,7 @@ from rmqd.protocol import (
     FrameKind,
     RequestCode,
     ResponseCode,
+    batch_spans,
     code_name,
     decode,
     decode_batch,
@@ -229,6 +230,33 @@ def test_batch_with_properties_over_32767_bytes_is_refused_at_encode():
 def test_inconsistent_batch_raises_protocol_error(raw, message):
     with pytest.raises(ProtocolError, match=message):
         decode_batch(raw)
+    with pytest.raises(ProtocolError, match=message):  # the front's form names the same problem
+        batch_spans(raw)
+
+
+def test_batch_spans_locate_what_iter_batch_yields_with_the_length_prefixed_properties():
+    items = [(0, b"one", b"TAGS\x01A\x02"), (7, b"", b""), (-3, b"x" * 5000, b"K\x01V\x02" * 30)]
+    raw = encode_batch(items)
+    spans = batch_spans(raw)
+    assert len(spans) == 4 * len(items)
+    for (flag, body_start, body_len, tail_len), (want_flag, body, props) in zip(
+            zip(*[iter(spans)] * 4), items):
+        assert flag == want_flag and raw[body_start:body_start + body_len] == body
+        tail = raw[body_start + body_len:body_start + body_len + tail_len]
+        assert tail == struct.pack(">h", len(props)) + props  # as a CommitLog record stores them
+    assert batch_spans(b"") == []  # the caller decides that no message is an error
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=100))
+def test_random_batch_bytes_give_the_same_verdict_to_both_decoders(data):
+    try:
+        items = list(iter_batch(data))
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            batch_spans(data)
+        return
+    assert len(batch_spans(data)) == 4 * len(items)
 
 
 def test_empty_batch_is_refused():

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmqd.errors import CorruptRecordError
+from rmqd.protocol.codec import batch_spans, encode_batch
 from rmqd.store import record as r
 
 HOST = r.encode_host("192.168.0.7", 10911)
@@ -242,6 +243,30 @@ def test_encode_records_writes_the_same_bytes_as_encode_record_per_message(topic
     # Then the bytes and the end position are identical
     assert end == pos == size + 8
     assert batch == single
+
+
+@given(
+    topic=st.one_of(st.binary(min_size=1, max_size=127), st.binary(min_size=128, max_size=300)),
+    items=st.lists(st.tuples(st.integers(-2**31, 2**31 - 1), st.binary(min_size=1, max_size=300),
+                             st.binary(max_size=120)), min_size=1, max_size=8),
+    sys_flag=st.integers(0, 2**31 - 1), reconsume=st.integers(0, 16),
+)
+def test_encode_record_spans_writes_the_same_bytes_as_encode_records(topic, items, sys_flag, reconsume):
+    # Given a batch request body and where its messages lie in it (the front's batch path)
+    source = encode_batch(items)
+    spans = batch_spans(source)
+    born_host, store_host = r.encode_host("10.0.0.1", 4321), r.encode_host("127.0.0.1", 10911)
+    size = sum(r.record_size(len(body), len(topic), len(props)) for _f, body, props in items)
+    from_spans, from_messages = bytearray(size + 16), bytearray(size + 16)
+    # When both encoders write the records
+    end = r.encode_record_spans(memoryview(from_spans), 8, topic, 5, memoryview(source), spans, sys_flag,
+                                reconsume, 1_700_000_000_123, born_host, store_host)
+    messages = [(flag, body, props, sys_flag, reconsume) for flag, body, props in items]
+    end2 = r.encode_records(memoryview(from_messages), 8, topic, 5, messages, 1_700_000_000_123, born_host,
+                            store_host)
+    # Then the bytes and the end position are identical
+    assert end == end2 == size + 8
+    assert from_spans == from_messages
 
 
 def test_encode_records_refuses_properties_over_32767_bytes():
