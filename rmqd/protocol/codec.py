@@ -286,27 +286,14 @@ def encode_batch(items: Iterable[tuple[int, bytes | memoryview, bytes]]) -> byte
 def iter_batch(body: Any) -> Iterator[tuple[int, memoryview, memoryview]]:
     """Yield (flag, body, properties) views of each message of a batch body.
 
-    Raises ProtocolError (while iterating) at the first inconsistent item; use `decode_batch` to
-    validate the whole batch before acting on any item. The front's hot path: the checks are
-    inlined, and `_check_batch_item` runs only to name what is wrong with a bad item.
+    The whole body is validated first (`batch_spans`): ProtocolError, naming the first inconsistent
+    item, comes before any item is yielded.
     """
     view = _as_view(body)
-    end = len(view)
-    unpack_head, unpack_props_len = BATCH_ITEM_HEAD.unpack_from, BATCH_PROPERTIES_LEN.unpack_from
-    head_size, fixed = BATCH_ITEM_HEAD.size, BATCH_ITEM_FIXED_SIZE
-    pos = index = 0
-    while pos < end:
-        if end - pos >= fixed:
-            total_size, flag, body_len = unpack_head(view, pos)
-            body_end = pos + head_size + body_len
-            if (fixed <= total_size <= end - pos and 0 <= body_len <= total_size - fixed
-                    and unpack_props_len(view, body_end)[0] == total_size - fixed - body_len):
-                yield flag, view[pos + head_size:body_end], view[body_end + 2:pos + total_size]
-                pos += total_size
-                index += 1
-                continue
-        _check_batch_item(view, pos, index)  # raises ProtocolError naming the bad field
-        raise ProtocolError(f"batch item {index} at byte {pos} is inconsistent")
+    fields = iter(batch_spans(view))
+    for flag, body_start, body_len, tail_len in zip(fields, fields, fields, fields):
+        props_start = body_start + body_len + BATCH_PROPERTIES_LEN.size
+        yield flag, view[body_start:body_start + body_len], view[props_start:body_start + body_len + tail_len]
 
 
 def batch_spans(body: Any) -> list[int]:
