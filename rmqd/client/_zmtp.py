@@ -4,7 +4,8 @@ Why: a pyzmq socket hands every frame to libzmq's I/O thread and back (a mailbox
 wake-up each way, in the client and again in the broker), and on 2 cores that thread often waits
 for a CPU. The synchronous path has one request in flight per socket, so it needs none of that: the
 caller writes the frame to the kernel and reads the answer itself. Measured against the broker, one
-1 KiB send: p50 265-315 us through a pyzmq DEALER, 208-298 us through this (loadtest/sdk_rtt.py).
+1 KiB send: p50 349 us through a bare pyzmq DEALER, 315 us through this (loadtest/sdk_rtt.py; the
+two are equal against an echo server, where nothing else competes for the 2 cores).
 The broker's front is an ordinary ZeroMQ ROUTER; asynchronous traffic keeps pyzmq (_remoting).
 
 Only what a DEALER talking to rmqd needs (ZMTP 3.1, RFC 37/ZMTP, NULL security, no heartbeats of
@@ -47,7 +48,6 @@ _MECHANISM = slice(12, 32)
 FLAG_MORE, FLAG_LONG, FLAG_COMMAND = 0x01, 0x02, 0x04
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
 RECV_CHUNK = 65536
 
 
