@@ -48,7 +48,7 @@ class RouterServer:
         sock.setsockopt(zmq.LINGER, 0)
         if self.heartbeat_ms:
             sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5 * self.heartbeat_ms)
         sock.bind(f"tcp://{self.addr}")
         self._ready.set()
         try:
@@ -149,10 +149,10 @@ def test_large_frames_cross_the_synchronous_connection_both_ways(server, client)
 
 
 def test_a_synchronous_caller_answers_the_peers_heartbeat_pings_while_it_waits(client):
-    server = RouterServer(heartbeat_ms=20)  # drops a peer that leaves a PING unanswered for 20 ms
+    server = RouterServer(heartbeat_ms=50)  # PINGs every 50 ms; drops a peer silent for 250 ms after one
     try:
-        with pytest.raises(RemotingTimeoutError):  # the connection lived through 20 PINGs: a timeout,
-            client.invoke(server.addr, HOLD, timeout_ms=400)  # not a broken connection
+        with pytest.raises(RemotingTimeoutError):  # the connection lived through ~30 PINGs: a timeout,
+            client.invoke(server.addr, HOLD, timeout_ms=1_500)  # not a broken connection
         assert client.invoke(server.addr, ECHO, body=b"after").remark == "echo"
     finally:
         server.stop()
