@@ -134,6 +134,9 @@ class ThrowawayBroker:
         kill_pids(self.known_pids)
         if self.process is not None and self.process.poll() is None:
             self.process.wait(10)
+        gone_by = time.monotonic() + 10.0  # a SIGKILLed process is alive until the kernel has reaped it
+        while any(_alive(p) for p in self.known_pids) and time.monotonic() < gone_by:
+            time.sleep(0.05)
         if not self.keep_store:
             if not any(_alive(p) for p in self.known_pids):
                 remove_segment_of(self.store_dir)  # left behind when the tree had to be killed

@@ -18,7 +18,8 @@ import orjson
 import psutil
 import pytest
 
-from loadtest._broker import kill_pids
+from loadtest._broker import ThrowawayBroker, _alive, kill_pids
+from shm import shm_path_for_store
 
 pytestmark = pytest.mark.process
 
@@ -57,3 +58,18 @@ def test_produce_with_a_started_broker_prints_a_final_table_with_tps_and_no_fail
                             capture_output=True, text=True, timeout=30)
     assert report.returncode == 0, report.stderr
     assert "| msg/s |" in report.stdout
+
+
+def test_a_throwaway_broker_whose_tree_was_killed_leaves_no_process_and_no_segment(tmp_path: Path) -> None:
+    broker = ThrowawayBroker(properties={"mappedFileSizeCommitLog": "16777216"}, parent_dir=str(tmp_path))
+    try:
+        broker.start()
+        segment = shm_path_for_store(broker.store_dir)
+        assert os.path.exists(segment)
+        # Given a tree that cannot stop itself: its supervisor is gone, its workers are orphans
+        broker.process.kill()
+        broker.process.wait(10)
+    finally:
+        broker.stop()  # SIGKILLs what is left, waits until the kernel has reaped it
+    assert not any(_alive(pid) for pid in broker.known_pids)
+    assert not os.path.exists(segment)  # the segment of a killed tree is removed too
