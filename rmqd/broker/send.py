@@ -155,7 +155,8 @@ def _prepare_batch(
         return Rejection(ResponseCode.MESSAGE_ILLEGAL,
                          f"message {body_lens.index(0)} of the batch has an empty body")
     count = len(body_lens)
-    # every record: same topic; its body and properties are the item's bytes but the item's head
+    # a record holds its item's body and properties (the item less its 14 fixed bytes) and the
+    # fixed part of a record of this topic
     total = len(body) - count * codec.BATCH_ITEM_FIXED_SIZE + count * rec.record_size(0, len(topic), 0)
     return PreparedSend(topic, queue_id, [], born_ms, _born_host(fields), total, source=body, spans=spans,
                         sys_flag=sys_flag, reconsume_times=reconsume)
