@@ -252,17 +252,12 @@ def encode_record(
     struct.error / IndexError when `buf` is too small.
     """
     body_len = len(body)
-    topic_len = len(topic)
     props_len = len(properties)
     if props_len > MAX_PROPERTIES_BYTES:
         raise ValueError(f"properties are {props_len} bytes, the maximum is {MAX_PROPERTIES_BYTES}")
-    if topic_len <= MAX_TOPIC_BYTES_V1:
-        magic, topic_len_size = MESSAGE_MAGIC_V1, 1
-    elif topic_len <= 32767:
-        magic, topic_len_size = MESSAGE_MAGIC_V2, 2
-    else:
-        raise ValueError(f"topic is {topic_len} bytes, the maximum is 32767")
-    total = RECORD_FIXED_SIZE - 1 + topic_len_size + body_len + topic_len + props_len
+    magic, topic_block = _topic_block(topic)
+    block_len = len(topic_block)
+    total = RECORD_FIXED_SIZE - 1 + block_len + body_len + props_len
     if body_crc is None:
         body_crc = zlib.crc32(body) & BODY_CRC_MASK
     RECORD_HEAD.pack_into(
@@ -273,13 +268,8 @@ def encode_record(
     pos = file_pos + BODY_POS
     buf[pos:pos + body_len] = body
     pos += body_len
-    if topic_len_size == 1:
-        buf[pos] = topic_len
-    else:
-        TOPIC_LEN_V2.pack_into(buf, pos, topic_len)
-    pos += topic_len_size
-    buf[pos:pos + topic_len] = topic
-    pos += topic_len
+    buf[pos:pos + block_len] = topic_block
+    pos += block_len
     PROPERTIES_LEN.pack_into(buf, pos, props_len)
     pos += 2
     buf[pos:pos + props_len] = properties
