@@ -9,6 +9,8 @@ Files:       commitlog/* and consumequeue/* read-only (pulls), config/topics.jso
 On crash:    restartable: sends in flight are lost unacknowledged (producers retry); committed
              offsets since the last 5 s persist are lost (consumers see those messages again).
 
+The ROUTER is rmqd/protocol/router.py: ZMTP spoken by this process's own thread, no libzmq I/O
+thread between the kernel and the loop (the namesrv DEALERs are pyzmq).
 The loop (zguide's mdbroker shape): poll the ROUTER socket, the namesrv DEALERs and the eventfds
 of the ack/wake rings together; then serve every ready request (sends go into the request ring
 and are published to the writer ONCE per round), answer what the writer acknowledged, re-run the
@@ -42,6 +44,7 @@ from rmqd.ops.figures import SendRtRecorder
 from rmqd.protocol import codec
 from rmqd.protocol.codec import Command
 from rmqd.protocol.commands import MAX_FRAME_BYTES, RequestCode, ResponseCode
+from rmqd.protocol.router import RouterSocket, SendStatus
 from rmqd.store import append_request as ar
 from rmqd.store import record as rec
 from rmqd.store.commit_log import CommitLog
@@ -175,17 +178,13 @@ class Front(WorkerProcess):
     def _open_sockets(self) -> None:
         cfg = self.cfg
         self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an answer to a vanished client raises, not vanishes
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.SNDHWM, 100_000)
-        # Per client: beyond this the client's own queue (and TCP) hold its requests. Requests the
-        # front cannot serve within 200 ms are refused with SYSTEM_BUSY (_flow_control).
-        self.router.setsockopt(zmq.RCVHWM, 1000)
-        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # larger frames drop the peer
-        self.router.bind(f"tcp://{cfg.brokerIP1}:{cfg.listenPort}")
+        # Requests are read only as fast as the loop serves them (the rest waits in the kernel and
+        # TCP pushes back on the client); requests the front cannot serve within 200 ms are refused with
+        # SYSTEM_BUSY (_flow_control). A frame over MAX_FRAME_BYTES drops its peer.
+        self.router = RouterSocket(cfg.brokerIP1, cfg.listenPort, max_frame_bytes=MAX_FRAME_BYTES)
+        self.router_fd = self.router.fileno()
         self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.router_fd, zmq.POLLIN)
         self.poller.register(self._signal_r, zmq.POLLIN)
         self.namesrvs = []
         for addr in filter(None, (a.strip() for a in cfg.namesrvAddr.split(";"))):
@@ -218,12 +217,13 @@ class Front(WorkerProcess):
         poll reported (None when it was skipped because work was already there), so the loop only
         makes the syscalls that can find something: each zmq recv attempt and each eventfd read
         is one, and on an idle broker they were most of a request's 0.5 ms in the front."""
+        self.router.flush()  # every answer leaves before we sleep
         if self.spin_s and self.pending and not self.ack_ring.ready():
             self._spin_for_ack()
         for doorbell, _ready in self.doorbells:
             doorbell.arm()
         self.ready_socks: set | None = None
-        if not any(ready() for _doorbell, ready in self.doorbells):
+        if not (self.router.pending() or any(ready() for _doorbell, ready in self.doorbells)):
             timeout_s = max(0.0, min(self.next_housekeeping - time.monotonic(), 0.2))
             self.ready_socks = {sock for sock, _event in self.poller.poll(timeout_s * 1000)}
             if self._signal_r in self.ready_socks:
@@ -243,13 +243,13 @@ class Front(WorkerProcess):
         while not ack_ready():
             turn += 1
             if turn & 7 == 0 and (clock() >= deadline or wake_ready()
-                                  or router.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+                                  or router.readable()):
                 return
 
     def _serve_requests(self) -> None:
         self.round_sends = 0
         ready = self.ready_socks
-        if ready is not None and self.router not in ready and not self.backlog_since:
+        if ready is not None and self.router_fd not in ready and not self.backlog_since:
             for dealer in self.namesrvs:
                 if dealer in ready:
                     self._drain_namesrv(dealer)
@@ -257,9 +257,8 @@ class Front(WorkerProcess):
         for served in range(MAX_REQUESTS_PER_ROUND):
             if served and served % HAND_OFF_EVERY == 0:
                 self._hand_off()
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = self.router.recv_multipart()
+            if frames is None:
                 self.backlog_since = 0.0  # caught up: the socket is empty
                 break
             if len(frames) != 2:
@@ -325,13 +324,9 @@ class Front(WorkerProcess):
         )
 
     def _send(self, identity: bytes, frame: bytes) -> None:
-        try:
-            self.router.send_multipart([identity, frame], zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("client %r is not reading; dropped a response", identity[:16])
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:  # the client disconnected: nothing to answer
-                raise
+        """Queue an answer (it leaves at the router's next flush); a client that disconnected gets none."""
+        if self.router.send(identity, frame) is SendStatus.FULL:
+            log.warning("client %r is not reading its answers; dropped one", identity[:16])
 
     # -- sends -------------------------------------------------------------------------------
     def process_send(self, identity: bytes | None, cmd: Command, *, batch: bool) -> Reply | None:
@@ -581,6 +576,7 @@ class Front(WorkerProcess):
         self.request_ring.publish()
         if self.ack_ring.ready():
             self._take_acks()
+            self.router.flush()
 
     def _take_wakes(self) -> None:
         entries = self.wake_ring.entries()
@@ -703,7 +699,7 @@ class Front(WorkerProcess):
             except OSError as exc:  # e.g. disk full: the previous file (or its .bak) stays valid
                 log.error("cannot write %s at stop (%s); it keeps its previous content", table.path, exc)
         self.register_broker(RequestCode.UNREGISTER_BROKER)
-        self.router.close(linger=500)
+        self.router.close()
         for dealer in self.namesrvs:
             dealer.close(linger=100)
         self.ctx.term()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import zmq
-
 from workers.front import HAND_OFF_EVERY, MAX_REQUESTS_PER_ROUND, Front
 
 
@@ -14,17 +12,16 @@ class _Router:
     def __init__(self, count: int) -> None:
         self.left = count
 
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
-        assert flags == zmq.NOBLOCK
+    def recv_multipart(self) -> list[bytes] | None:
         if not self.left:
-            raise zmq.Again()
+            return None
         self.left -= 1
         return [b"client", b"request"]
 
 
 def _front_with_waiting_requests(count: int, events: list[str]) -> SimpleNamespace:
-    front = SimpleNamespace(router=_Router(count), namesrvs=[], ready_socks=None, backlog_since=0.0,
-                            round_sends=0)
+    front = SimpleNamespace(router=_Router(count), router_fd=-1, namesrvs=[], ready_socks=None,
+                            backlog_since=0.0, round_sends=0)
     front._serve = lambda identity, frame: events.append("serve")
     front._hand_off = lambda: events.append("hand off")
     front._drain_namesrv = lambda dealer: None
