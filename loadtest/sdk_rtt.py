@@ -11,8 +11,10 @@ the same SEND_MESSAGE request goes through:
                           default: a plain TCP socket speaking ZMTP as a DEALER, rmqd/client/_zmtp.py)
     Producer.send         the whole producer: validation, UNIQ_KEY, routing, fault tolerance, result
 
-against two servers: an echo ROUTER in another process (the client alone) and a throwaway broker
-started with `rmqd start` (ASYNC_FLUSH; the broker's front -> ring -> writer -> ack path included).
+against three servers: two echo ROUTERs in other processes (the client alone), a pyzmq ROUTER and
+rmqd's own (rmqd/protocol/router.py: ZMTP in the server's thread, what the broker's front uses), and
+a throwaway broker started with `rmqd start` (ASYNC_FLUSH; the broker's front -> ring -> writer ->
+ack path included).
 Prints p50 / p90 / p99 / p99.9 in microseconds and requests per second for each.
 
     python loadtest/sdk_rtt.py [--rounds 10] [--count 2000] [--body 1024]
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import time
@@ -42,19 +45,28 @@ from loadtest._stats import machine_info, table  # noqa: E402
 from rmqd.client import Message, Producer  # noqa: E402
 from rmqd.client._remoting import RemotingClient  # noqa: E402
 from rmqd.protocol import RequestCode, decode, encode_request, encode_response  # noqa: E402
+from rmqd.protocol.commands import MAX_FRAME_BYTES  # noqa: E402
+from rmqd.protocol.router import RouterSocket  # noqa: E402
 
 ECHO_STOP = b"STOP"
 ECHO_MAX_REQUESTS = 10_000_000  # the echo process never outlives its work, even if the parent dies
 
 
-def echo_server(port: int, ready: multiprocessing.synchronize.Event) -> None:
+ECHO_KINDS = ("pyzmq ROUTER", "rmqd RouterSocket")
+_ECHO_FIELDS = {"msgId": "0" * 32, "offsetMsgId": "0" * 32, "queueId": 0, "queueOffset": 0}
+
+
+def echo_server(port: int, ready: multiprocessing.synchronize.Event, kind: str = ECHO_KINDS[0]) -> None:
     """A ROUTER that answers every request like a broker's SEND_MESSAGE reply (run in a child)."""
+    if kind == ECHO_KINDS[1]:
+        _router_echo(port, ready)
+        return
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(f"tcp://127.0.0.1:{port}")
     ready.set()
-    fields = {"msgId": "0" * 32, "offsetMsgId": "0" * 32, "queueId": 0, "queueOffset": 0}
+    fields = _ECHO_FIELDS
     for _ in range(ECHO_MAX_REQUESTS):
         if not sock.poll(60_000):
             break
@@ -64,6 +76,24 @@ def echo_server(port: int, ready: multiprocessing.synchronize.Event) -> None:
         sock.send_multipart([ident, encode_response(0, decode(frame).opaque, fields)])
     sock.close(0)
     ctx.term()
+
+
+def _router_echo(port: int, ready: multiprocessing.synchronize.Event) -> None:
+    """echo_server on rmqd's RouterSocket: wait on its epoll fd, answer, flush, as the front does."""
+    router = RouterSocket("127.0.0.1", port, max_frame_bytes=MAX_FRAME_BYTES)
+    ready.set()
+    served = 0
+    try:
+        while served < ECHO_MAX_REQUESTS and select.select([router.fileno()], [], [], 60.0)[0]:
+            while (message := router.recv_multipart()) is not None:
+                ident, frame = message[0], message[-1]
+                if frame == ECHO_STOP:
+                    return
+                router.send(ident, encode_response(0, decode(frame).opaque, _ECHO_FIELDS))
+                served += 1
+            router.flush()
+    finally:
+        router.close()
 
 
 def percentiles(samples_us: list[float]) -> list[str]:
@@ -136,20 +166,24 @@ def request_fields(producer: Producer, body: bytes) -> dict:
 def run(args: argparse.Namespace) -> int:
     body = b"r" * args.body
     rows = []
-    port, ready = free_port(), multiprocessing.Event()
-    echo = multiprocessing.Process(target=echo_server, args=(port, ready), daemon=True)
-    echo.start()
+    echoes = {}
+    for kind in ECHO_KINDS:
+        port, ready = free_port(), multiprocessing.Event()
+        echo = multiprocessing.Process(target=echo_server, args=(port, ready, kind), daemon=True)
+        echo.start()
+        echoes[kind] = (port, ready, echo)
     clients: list = []
     try:
-        if not ready.wait(30):
+        if not all(ready.wait(30) for _port, ready, _echo in echoes.values()):
             raise SystemExit("echo server did not start")
         with ThrowawayBroker(flush="ASYNC_FLUSH") as broker, \
                 Producer("sdk_rtt", namesrv=broker.namesrv_addr, default_topic_queue_nums=1) as producer:
             producer.send(Message("SdkRtt", body))  # creates the topic with one queue
             fields = request_fields(producer, body)
-            echo_layers = layers_for(f"127.0.0.1:{port}", None, fields, body, clients)
-            for name, samples in measure(echo_layers, args.rounds, args.count).items():
-                rows.append(("echo (other process)", name, *percentiles(samples)))
+            for kind, (port, _ready, _echo) in echoes.items():
+                echo_layers = layers_for(f"127.0.0.1:{port}", None, fields, body, clients)
+                for name, samples in measure(echo_layers, args.rounds, args.count).items():
+                    rows.append((f"echo, {kind}", name, *percentiles(samples)))
             broker_layers = layers_for(f"127.0.0.1:{broker.port}", producer, fields, body, clients)
             for name, samples in measure(broker_layers, args.rounds, args.count).items():
                 rows.append(("rmqd broker ASYNC_FLUSH", name, *percentiles(samples)))
@@ -157,13 +191,14 @@ def run(args: argparse.Namespace) -> int:
             clients.clear()
     finally:
         close_all(clients)
-        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as stop:
-            stop.setsockopt(zmq.LINGER, 1000)
-            stop.connect(f"tcp://127.0.0.1:{port}")
-            stop.send(ECHO_STOP)
-        echo.join(10)
-        if echo.is_alive():
-            os.kill(echo.pid, signal.SIGKILL)
+        for port, _ready, echo in echoes.values():
+            with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as stop:
+                stop.setsockopt(zmq.LINGER, 1000)
+                stop.connect(f"tcp://127.0.0.1:{port}")
+                stop.send(ECHO_STOP)
+            echo.join(10)
+            if echo.is_alive():
+                os.kill(echo.pid, signal.SIGKILL)
     print(f"one synchronous sender, {args.body} B bodies, {args.rounds} rounds x {args.count} calls per "
           f"layer; machine {machine_info()}")
     print(table(rows, ("server", "layer", "p50 us", "p90 us", "p99 us", "p99.9 us", "req/s"), "ll"))
