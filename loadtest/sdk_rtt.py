@@ -17,7 +17,7 @@ a throwaway broker started with `rmqd start` (ASYNC_FLUSH; the broker's front ->
 ack path included).
 Prints p50 / p90 / p99 / p99.9 in microseconds and requests per second for each.
 
-    python loadtest/sdk_rtt.py [--rounds 10] [--count 2000] [--body 1024]
+    python loadtest/sdk_rtt.py [--rounds 10] [--count 2000] [--body 1024] [--pause-us 0]
 
 Owner: the SDK. Runs in the foreground and stops everything it started (the echo process by
 PID, the broker through ThrowawayBroker.stop).
@@ -106,8 +106,10 @@ def percentiles(samples_us: list[float]) -> list[str]:
     return [at(0.5), at(0.9), at(0.99), at(0.999), f"{rate:,.0f}"]
 
 
-def measure(layers: dict[str, Callable[[], object]], rounds: int, count: int) -> dict[str, list[float]]:
-    """Round trip times (us) of each layer, `count` calls per layer per round, layers interleaved."""
+def measure(layers: dict[str, Callable[[], object]], rounds: int, count: int,
+            pause_s: float = 0.0) -> dict[str, list[float]]:
+    """Round trip times (us) of each layer, `count` calls per layer per round, layers interleaved;
+    `pause_s` of sleep after each call (a sender with think time: both ends go idle in between)."""
     samples: dict[str, list[float]] = {name: [] for name in layers}
     for call in layers.values():  # warm every path (connections, routes) outside the figures
         for _ in range(200):
@@ -119,6 +121,8 @@ def measure(layers: dict[str, Callable[[], object]], rounds: int, count: int) ->
                 started = time.perf_counter()
                 call()
                 out.append((time.perf_counter() - started) * 1e6)
+                if pause_s:
+                    time.sleep(pause_s)
     return samples
 
 
@@ -165,6 +169,7 @@ def request_fields(producer: Producer, body: bytes) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     body = b"r" * args.body
+    pause_s = args.pause_us / 1e6
     rows = []
     echoes = {}
     for kind in ECHO_KINDS:
@@ -182,10 +187,10 @@ def run(args: argparse.Namespace) -> int:
             fields = request_fields(producer, body)
             for kind, (port, _ready, _echo) in echoes.items():
                 echo_layers = layers_for(f"127.0.0.1:{port}", None, fields, body, clients)
-                for name, samples in measure(echo_layers, args.rounds, args.count).items():
+                for name, samples in measure(echo_layers, args.rounds, args.count, pause_s).items():
                     rows.append((f"echo, {kind}", name, *percentiles(samples)))
             broker_layers = layers_for(f"127.0.0.1:{broker.port}", producer, fields, body, clients)
-            for name, samples in measure(broker_layers, args.rounds, args.count).items():
+            for name, samples in measure(broker_layers, args.rounds, args.count, pause_s).items():
                 rows.append(("rmqd broker ASYNC_FLUSH", name, *percentiles(samples)))
             close_all(clients)
             clients.clear()
@@ -200,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             if echo.is_alive():
                 os.kill(echo.pid, signal.SIGKILL)
     print(f"one synchronous sender, {args.body} B bodies, {args.rounds} rounds x {args.count} calls per "
-          f"layer; machine {machine_info()}")
+          f"layer, {args.pause_us} us pause after each; machine {machine_info()}")
     print(table(rows, ("server", "layer", "p50 us", "p90 us", "p99 us", "p99.9 us", "req/s"), "ll"))
     return 0
 
@@ -210,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--count", type=int, default=2000, help="calls per layer per round (default 2000)")
     parser.add_argument("--body", type=int, default=1024, help="body bytes (default 1024)")
+    parser.add_argument("--pause-us", type=int, default=0,
+                        help="sleep after each call, in microseconds (default 0: back to back)")
     return run(parser.parse_args(argv))
 
 

@@ -699,7 +699,7 @@ class Front(WorkerProcess):
             except OSError as exc:  # e.g. disk full: the previous file (or its .bak) stays valid
                 log.error("cannot write %s at stop (%s); it keeps its previous content", table.path, exc)
         self.register_broker(RequestCode.UNREGISTER_BROKER)
-        self.router.close()
+        self.router.close(linger_s=0.5)
         for dealer in self.namesrvs:
             dealer.close(linger=100)
         self.ctx.term()

@@ -4,10 +4,10 @@ Any ZeroMQ DEALER (pyzmq, libzmq, the SDK's ZMTP connection) connects to it as t
 ZMTP 3.x with NULL security (the bytes are rmqd/protocol/zmtp.py's). What it does not do is
 libzmq's hand-off: a libzmq socket moves every message through its I/O thread and wakes the
 application thread through a mailbox, two thread wake-ups per request and two per answer. On this
-2-core VM a wake-up of a sleeping thread costs tens of microseconds: a one-message echo round trip
-took 104-180 us p50 through a pyzmq ROUTER and 19-34 us on a plain socket (seventh pass,
-docs/BENCHMARKS.md). Here the kernel wakes the front itself, and the front writes answers straight
-to the kernel.
+2-core VM a wake-up of a sleeping thread costs tens of microseconds: a 1 KiB echo round trip took
+143 us p50 through a pyzmq ROUTER and 92 us through this one (`loadtest/sdk_rtt.py --pause-us 500`;
+seventh pass, docs/BENCHMARKS.md). Here the kernel wakes the front itself, and the front writes
+answers straight to the kernel.
 
 ROUTER semantics kept (libzmq's, with ROUTER_MANDATORY):
 - every message received is [routing id, frame, ...]; the routing id is the peer's READY Identity
@@ -35,6 +35,7 @@ import random
 import select
 import socket
 import struct
+import time
 
 from rmqd.protocol.zmtp import (
     FLAG_COMMAND,
@@ -322,9 +323,18 @@ class RouterSocket:
         peer.sock.close()
         peer.out.clear()
 
-    def close(self) -> None:
-        """Flush what the kernel takes at once, then close every connection and the listener."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Write what is queued for up to `linger_s` (libzmq's LINGER), then close every connection
+        and the listener."""
         self.flush()
+        deadline = time.monotonic() + linger_s
+        while (waiting := {peer.fd: peer for peer in self.peers.values() if peer.out}) and \
+                (left := deadline - time.monotonic()) > 0:
+            poller = select.poll()
+            for fd in waiting:
+                poller.register(fd, select.POLLOUT)
+            for fd, _events in poller.poll(left * 1000):
+                self._write(waiting[fd])
         for peer in list(self.peers.values()):
             self._close(peer, None)
         self.listener.close()

@@ -6,8 +6,9 @@ ZeroMQ socket (pyzmq, libzmq, JeroMQ) talks to both: rmqd clients may keep pyzmq
 
 Why not libzmq there: a libzmq socket hands every message to its I/O thread and back (a mailbox
 write and a thread wake-up each way). On this 2-core VM each wake-up of a sleeping thread costs
-tens of microseconds, and a one-message round trip through a pyzmq ROUTER echo took 104-180 us
-p50 against 19-34 us for the same bytes on a plain socket (docs/BENCHMARKS.md, seventh pass).
+tens of microseconds: one 1 KiB request through an echo server took 143 us p50 through a pyzmq
+ROUTER and 92 us through rmqd's (the same ZMTP client, 0.5 ms between calls; back to back 125 and
+96 us: `python loadtest/sdk_rtt.py --pause-us 500`, docs/BENCHMARKS.md, seventh pass).
 
 Greeting, 64 bytes each way, sent by both peers at once:
 

@@ -278,3 +278,19 @@ def test_reads_are_bounded_per_turn_so_one_flooding_peer_cannot_fill_memory(ctx)
         assert got == list(range(200))
     finally:
         router.close()
+
+
+def test_close_with_linger_delivers_what_is_queued_and_without_it_drops_it(ctx):
+    big = bytes(range(256)) * (64 << 10)  # 16 MiB: more than the kernel takes in one write
+    received = {}
+    for linger_s in (5.0, 0.0):
+        router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20)
+        dealer = _dealer(ctx, router, IDENTITY=b"reader")
+        dealer.send(b"hi")
+        assert _recv(router) == [b"reader", b"hi"]
+        assert router.send(b"reader", big) is SendStatus.SENT
+        router.close(linger_s=linger_s)
+        received[linger_s] = dealer.recv() if dealer.poll(2000) else None
+        dealer.close(0)
+    assert received[5.0] == big
+    assert received[0.0] is None
