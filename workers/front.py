@@ -613,6 +613,7 @@ class Front(WorkerProcess):
         self.positions.set_pull_messages_total(self.pulled)
         self.send_rt.publish()
         self.consumers.expire(now)
+        self.router.maintain(now)  # handshake timeouts, the listener after an accept pause
         if now >= self.next_register:
             self.register_broker()
         if now >= self.next_offset_persist:

@@ -17,9 +17,14 @@ ROUTER semantics kept (libzmq's, with ROUTER_MANDATORY):
   instead of silently dropping, a peer whose unsent answers exceed `max_out_bytes` gives FULL;
 - a frame larger than `max_frame_bytes` (MAXMSGSIZE) drops the connection; PINGs get PONGs.
 
-Bounded memory: the socket reads only when the front asks for a message and has none parsed, one
-read of at most `read_chunk` bytes per ready peer (fair across peers); everything else waits in the
-kernel, where TCP pushes back on the client. Output is queued per peer and written by `flush()`
+Bounded memory and time, whatever a peer sends: the socket reads only when the front asks for a
+message and has none parsed, one read of at most `read_chunk` bytes per ready peer (fair across
+peers), and parses at most `max_messages_per_turn` messages of it (libzmq's RCVHWM; the rest waits
+raw for the peer's next turn); everything else waits in the kernel, where TCP pushes back on the
+client. A message of more than MAX_FRAMES_PER_MESSAGE frames or `max_frame_bytes` in all drops its
+peer, so does a handshake not done within `handshake_timeout_s` (libzmq's HANDSHAKE_IVL, 30 s).
+When accept() fails (EMFILE), the listener is left unwatched for `accept_pause_s` instead of being
+reported ready, and failing, on every poll. Output is queued per peer and written by `flush()`
 with one sendmsg per peer (answers produced in one go leave in one syscall); the front flushes
 before it sleeps and at each hand-off to the writer.
 
@@ -56,7 +61,11 @@ from rmqd.protocol.zmtp import (
 log = logging.getLogger("rmqd.router")
 
 READ_CHUNK = 256 << 10  # bytes read from one peer per turn
+MAX_MESSAGES_PER_TURN = 1000  # parsed from one peer per turn (libzmq's RCVHWM); the rest stays raw
+MAX_FRAMES_PER_MESSAGE = 64  # a message with more frames drops its peer (rmqd's are one frame)
 MAX_OUT_BYTES = 64 << 20  # unsent answers per peer (libzmq's SNDHWM, in bytes)
+HANDSHAKE_TIMEOUT_S = 30.0  # libzmq's HANDSHAKE_IVL: a peer not READY by then is closed
+ACCEPT_PAUSE_S = 1.0  # after accept() failed (EMFILE): stop watching the listener this long
 LISTEN_BACKLOG = 128
 IOV_MAX = 1024  # parts per sendmsg (Linux UIO_MAXIOV)
 PEER_TYPES = (b"DEALER", b"REQ", b"ROUTER")  # ZMTP: a ROUTER talks to these
@@ -72,8 +81,8 @@ class SendStatus(enum.IntEnum):
 
 
 class _Peer:
-    __slots__ = ("sock", "fd", "name", "identity", "state", "buf", "frames", "out", "out_bytes", "queued",
-                 "polls_out", "closed")
+    __slots__ = ("sock", "fd", "name", "identity", "state", "buf", "frames", "frames_bytes", "out",
+                 "out_bytes", "queued", "polls_out", "closed", "backlogged", "since")
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
@@ -83,21 +92,29 @@ class _Peer:
         self.state = _GREETING
         self.buf = bytearray()  # received, not yet parsed: at most a frame and a bit
         self.frames: list[bytes] = []  # frames of a message whose last frame has not come yet
+        self.frames_bytes = 0
         self.out: list[bytes | memoryview] = []  # to write, in order
         self.out_bytes = 0
         self.queued = False  # in RouterSocket.dirty
         self.polls_out = False  # registered for EPOLLOUT (the kernel buffer was full)
         self.closed = False
+        self.backlogged = False  # buf may hold whole frames not parsed yet (the per-turn cap)
+        self.since = time.monotonic()  # connected at (for the handshake timeout)
 
 
 class RouterSocket:
     """A listening ROUTER; see the module docstring."""
 
     def __init__(self, host: str, port: int, *, max_frame_bytes: int, max_out_bytes: int = MAX_OUT_BYTES,
-                 read_chunk: int = READ_CHUNK) -> None:
+                 read_chunk: int = READ_CHUNK, max_messages_per_turn: int = MAX_MESSAGES_PER_TURN,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                 accept_pause_s: float = ACCEPT_PAUSE_S) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_out_bytes = max_out_bytes
         self.read_chunk = read_chunk
+        self.max_messages_per_turn = max_messages_per_turn
+        self.handshake_timeout_s = handshake_timeout_s
+        self.accept_pause_s = accept_pause_s
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -115,7 +132,10 @@ class RouterSocket:
         self.by_identity: dict[bytes, _Peer] = {}
         self.inbox: collections.deque[list[bytes]] = collections.deque()
         self.dirty: list[_Peer] = []
+        self.backlog: list[_Peer] = []  # peers with raw frames left by the per-turn cap
         self._next_id = random.getrandbits(32)  # as libzmq: generated ids start anywhere
+        self._accept_resume_at = 0.0  # the listener is unwatched until then (0: watched)
+        self._next_sweep = time.monotonic() + min(1.0, handshake_timeout_s)
 
     def fileno(self) -> int:
         return self.epoll.fileno()
@@ -131,15 +151,22 @@ class RouterSocket:
         return self.inbox.popleft()
 
     def pending(self) -> bool:
-        """Messages already read and parsed are waiting (poll would not report them)."""
-        return bool(self.inbox)
+        """Messages (or raw frames) already read are waiting here: poll would not report them."""
+        return bool(self.inbox) or bool(self.backlog)
 
     def readable(self) -> bool:
         """A message is waiting here or a peer (or the listener) is ready: one epoll_wait(0)."""
-        return bool(self.inbox) or bool(self.epoll.poll(0))
+        return self.pending() or bool(self.epoll.poll(0))
 
     def pump(self) -> None:
-        """Accept, read one chunk from each ready peer and write to each writable one; no waiting."""
+        """Accept, read one chunk from each ready peer and write to each writable one; no waiting.
+        A peer whose last turn hit the message cap gets its next turn from what it left, unread."""
+        if self.backlog:
+            backlog, self.backlog = self.backlog, []
+            for peer in backlog:
+                peer.backlogged = False
+                if not peer.closed:
+                    self._take(peer, peer.buf)
         listener_fd = self.listener.fileno()
         for fd, events in self.epoll.poll(0):
             if fd == listener_fd:
@@ -150,8 +177,24 @@ class RouterSocket:
                 continue
             if events & select.EPOLLOUT:
                 self._write(peer)
-            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not peer.closed:
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not (peer.closed or
+                                                                                   peer.backlogged):
                 self._read(peer)
+        self.maintain()
+
+    def maintain(self, now: float | None = None) -> None:
+        """Time-based upkeep (call at least every second): close peers whose handshake is overdue,
+        watch the listener again after an accept pause."""
+        now = time.monotonic() if now is None else now
+        if self._accept_resume_at and now >= self._accept_resume_at:
+            self._accept_resume_at = 0.0
+            self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.handshake_timeout_s)
+        overdue = now - self.handshake_timeout_s
+        for peer in [p for p in self.peers.values() if p.state != _OPEN and p.since < overdue]:
+            self._close(peer, f"no ZMTP handshake within {self.handshake_timeout_s:g} s")
 
     def _accept_all(self) -> None:
         while True:
@@ -159,8 +202,10 @@ class RouterSocket:
                 sock, addr = self.listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE and the like: the rest waits in the backlog
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:  # EMFILE and the like: the rest waits in the listen backlog
+                log.warning("cannot accept connections for %.1f s: %s", self.accept_pause_s, exc)
+                self.epoll.unregister(self.listener.fileno())  # or every poll would report it again
+                self._accept_resume_at = time.monotonic() + self.accept_pause_s
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -181,24 +226,27 @@ class RouterSocket:
         if not data:
             self._close(peer, None)
             return
-        buf = peer.buf
-        if buf:
-            buf += data
-            source: bytes | bytearray = buf
+        if peer.buf:
+            peer.buf += data
+            self._take(peer, peer.buf)
         else:
-            source = data
+            self._take(peer, data)
+
+    def _take(self, peer: _Peer, source: bytes | bytearray) -> None:
+        """Parse `source` (the peer's buffer, or a fresh read when that was empty); keep the rest."""
         try:
             pos = self._parse(peer, source)
         except ZmtpError as exc:
             self._close(peer, str(exc), tell_peer=True)
             return
-        if source is buf:
-            del buf[:pos]
-        elif pos < len(data):
-            buf += memoryview(data)[pos:]
+        if source is peer.buf:
+            del source[:pos]
+        elif pos < len(source):
+            peer.buf += memoryview(source)[pos:]
 
     def _parse(self, peer: _Peer, source: bytes | bytearray) -> int:
-        """Take every whole frame of `source` (greeting and READY first); return where parsing stopped."""
+        """Take the whole frames of `source` (greeting and READY first), at most
+        max_messages_per_turn messages (then the peer is backlogged); return where it stopped."""
         pos = 0
         if peer.state == _GREETING:
             if len(source) < GREETING_SIZE:
@@ -206,7 +254,12 @@ class RouterSocket:
             check_greeting(source[:GREETING_SIZE])
             peer.state, pos = _HELLO, GREETING_SIZE
         limit, inbox, copy = self.max_frame_bytes, self.inbox, source.__class__ is bytearray
+        quota = self.max_messages_per_turn
         while True:
+            if not quota:
+                peer.backlogged = True
+                self.backlog.append(peer)
+                return pos
             found = next_frame(source, pos, limit)
             if found is None:
                 return pos
@@ -216,14 +269,22 @@ class RouterSocket:
                 self._on_command(peer, payload)
             elif peer.state != _OPEN:
                 raise ZmtpError("the peer sent a message before its READY")
-            elif flags & FLAG_MORE:
-                peer.frames.append(payload)
-            elif peer.frames:
-                peer.frames.append(payload)
-                inbox.append([peer.identity, *peer.frames])
-                peer.frames = []
+            elif flags & FLAG_MORE or peer.frames:
+                self._add_frame(peer, payload)
+                if not flags & FLAG_MORE:
+                    inbox.append([peer.identity, *peer.frames])
+                    peer.frames, peer.frames_bytes = [], 0
+                    quota -= 1
             else:
                 inbox.append([peer.identity, payload])
+                quota -= 1
+
+    def _add_frame(self, peer: _Peer, payload: bytes) -> None:
+        peer.frames.append(payload)
+        peer.frames_bytes += len(payload)
+        if len(peer.frames) > MAX_FRAMES_PER_MESSAGE or peer.frames_bytes > self.max_frame_bytes:
+            raise ZmtpError(f"the peer sent a message of more than {MAX_FRAMES_PER_MESSAGE} frames or "
+                            f"{self.max_frame_bytes} bytes")
 
     def _on_command(self, peer: _Peer, payload: bytes) -> None:
         name = command_name(payload)

@@ -294,3 +294,76 @@ def test_close_with_linger_delivers_what_is_queued_and_without_it_drops_it(ctx):
         dealer.close(0)
     assert received[5.0] == big
     assert received[0.0] is None
+
+
+def _open_raw_peer(router: RouterSocket, identity: bytes) -> socket.socket:
+    """A raw socket past the handshake as a DEALER named `identity`."""
+    peer = socket.create_connection(router.address)
+    peer.sendall(zmtp.greeting() + zmtp.ready_command(b"DEALER", identity))
+    _serve_until(router, lambda: identity in router.by_identity)
+    return peer
+
+
+def test_a_burst_of_tiny_messages_is_parsed_a_turn_at_a_time_and_all_arrive_in_order(ctx):
+    router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, max_messages_per_turn=100)
+    try:
+        peer = _open_raw_peer(router, b"burst")
+        peer.sendall(b"".join(zmtp.frame_head(2) + n.to_bytes(2, "big") for n in range(5000)))
+        _serve_until(router, lambda: len(router.inbox) >= 100)
+        assert len(router.inbox) == 100 and router.pending()  # the cap, and the rest known to be there
+        got = []
+        while (message := router.recv_multipart()) is not None:  # no poll needed for what is buffered
+            got.append(int.from_bytes(message[1], "big"))
+            if len(got) < 5000 and not router.pending():
+                _serve_until(router, router.pending)
+        assert got == list(range(5000))
+        peer.close()
+    finally:
+        router.close()
+
+
+def test_a_message_of_too_many_frames_drops_its_peer(router):
+    peer = _open_raw_peer(router, b"endless")
+    peer.sendall(b"".join(zmtp.frame_head(1, zmtp.FLAG_MORE) + b"x" for _ in range(200)))
+    _serve_until(router, lambda: b"endless" not in router.by_identity)
+    assert not router.inbox
+    peer.close()
+
+
+def test_a_peer_that_never_finishes_its_handshake_is_closed_after_the_timeout():
+    router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, handshake_timeout_s=0.2)
+    try:
+        silent = socket.create_connection(router.address)
+        _serve_until(router, lambda: bool(router.peers))
+        connected_at = time.monotonic()
+        _serve_until(router, lambda: not router.peers)
+        assert time.monotonic() - connected_at >= 0.1
+        silent.close()
+    finally:
+        router.close()
+
+
+def test_when_accept_fails_the_listener_rests_instead_of_spinning_then_accepts_again(ctx, monkeypatch):
+    router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, accept_pause_s=0.3)
+    try:
+        real_accept = router.listener.accept
+        failures = []
+
+        class _Listener:  # the real listener, whose accept() fails like a process out of descriptors
+            def __getattr__(self, name):
+                return getattr(real_accept.__self__, name)
+
+            def accept(self):
+                failures.append(time.monotonic())
+                raise OSError(24, "Too many open files")
+
+        router.listener = _Listener()
+        dealer = _dealer(ctx, router, IDENTITY=b"patient")
+        _serve_until(router, lambda: bool(failures))
+        assert not router.readable()  # the pending connection is no longer reported: no busy loop
+        router.listener = real_accept.__self__
+        dealer.send(b"in the end")
+        assert _recv(router) == [b"patient", b"in the end"]
+        assert len(failures) == 1
+    finally:
+        router.close()
