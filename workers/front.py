@@ -41,6 +41,7 @@ from rmqd.broker.subscription_group import SubscriptionGroupManager
 from rmqd.broker.topic_config import TopicConfigManager, topic_name_problem
 from rmqd.errors import ProtocolError
 from rmqd.ops.figures import SendRtRecorder
+from rmqd.ops.log_limit import LogLimiter
 from rmqd.protocol import codec
 from rmqd.protocol.codec import Command
 from rmqd.protocol.commands import MAX_FRAME_BYTES, RequestCode, ResponseCode
@@ -182,6 +183,7 @@ class Front(WorkerProcess):
         # TCP pushes back on the client); requests the front cannot serve within 200 ms are refused with
         # SYSTEM_BUSY (_flow_control). A frame over MAX_FRAME_BYTES drops its peer.
         self.router = RouterSocket(cfg.brokerIP1, cfg.listenPort, max_frame_bytes=MAX_FRAME_BYTES)
+        self.client_warnings = LogLimiter(log)  # what a client's bytes can make us log
         self.router_fd = self.router.fileno()
         self.poller = zmq.Poller()
         self.poller.register(self.router_fd, zmq.POLLIN)
@@ -206,6 +208,7 @@ class Front(WorkerProcess):
         self.park_ring.publish()
         if self.sync_waiting:
             self._answer_flushed()
+        self.router.flush()
         if time.monotonic() >= self.next_housekeeping:
             self._housekeeping()
         if self.consumers.changed:
@@ -262,7 +265,7 @@ class Front(WorkerProcess):
                 self.backlog_since = 0.0  # caught up: the socket is empty
                 break
             if len(frames) != 2:
-                log.warning(
+                self.client_warnings.warning(
                     "dropped a message of %d frames from %r: requests are exactly one frame",
                     len(frames),
                     frames[0][:16] if frames else b"",
@@ -281,7 +284,8 @@ class Front(WorkerProcess):
             cmd = codec.decode(frame)
         except ProtocolError as exc:
             reply = codec.malformed_reply(frame, exc)
-            log.warning("malformed request from %r: %s%s", identity[:16], exc, "" if reply else "; dropped")
+            self.client_warnings.warning("malformed request from %r: %s%s", identity[:16], exc,
+                                         "" if reply else "; dropped")
             if reply is not None:
                 self._send(identity, reply)
             return
@@ -326,7 +330,7 @@ class Front(WorkerProcess):
     def _send(self, identity: bytes, frame: bytes) -> None:
         """Queue an answer (it leaves at the router's next flush); a client that disconnected gets none."""
         if self.router.send(identity, frame) is SendStatus.FULL:
-            log.warning("client %r is not reading its answers; dropped one", identity[:16])
+            self.client_warnings.warning("client %r is not reading its answers; dropped one", identity[:16])
 
     # -- sends -------------------------------------------------------------------------------
     def process_send(self, identity: bytes | None, cmd: Command, *, batch: bool) -> Reply | None:
@@ -576,7 +580,7 @@ class Front(WorkerProcess):
         self.request_ring.publish()
         if self.ack_ring.ready():
             self._take_acks()
-            self.router.flush()
+        self.router.flush()  # these answers, and the pulls' and refusals' of the round so far
 
     def _take_wakes(self) -> None:
         entries = self.wake_ring.entries()

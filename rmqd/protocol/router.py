@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import logging
 import random
 import select
@@ -42,6 +43,7 @@ import socket
 import struct
 import time
 
+from rmqd.ops.log_limit import LogLimiter
 from rmqd.protocol.zmtp import (
     FLAG_COMMAND,
     FLAG_MORE,
@@ -53,6 +55,7 @@ from rmqd.protocol.zmtp import (
     frame_head,
     greeting,
     next_frame,
+    ping_ttl_s,
     pong_for,
     ready_command,
     ready_properties,
@@ -66,6 +69,9 @@ MAX_FRAMES_PER_MESSAGE = 64  # a message with more frames drops its peer (rmqd's
 MAX_OUT_BYTES = 64 << 20  # unsent answers per peer (libzmq's SNDHWM, in bytes)
 HANDSHAKE_TIMEOUT_S = 30.0  # libzmq's HANDSHAKE_IVL: a peer not READY by then is closed
 ACCEPT_PAUSE_S = 1.0  # after accept() failed (EMFILE): stop watching the listener this long
+# accept() errors that concern one connection only (accept(2): retry them like EAGAIN)
+_ACCEPT_RETRY_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+                        errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EINTR}
 LISTEN_BACKLOG = 128
 IOV_MAX = 1024  # parts per sendmsg (Linux UIO_MAXIOV)
 PEER_TYPES = (b"DEALER", b"REQ", b"ROUTER")  # ZMTP: a ROUTER talks to these
@@ -82,7 +88,7 @@ class SendStatus(enum.IntEnum):
 
 class _Peer:
     __slots__ = ("sock", "fd", "name", "identity", "state", "buf", "frames", "frames_bytes", "out",
-                 "out_bytes", "queued", "polls_out", "closed", "backlogged", "since")
+                 "out_bytes", "queued", "polls_out", "closed", "backlogged", "since", "silent_by")
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
@@ -100,6 +106,7 @@ class _Peer:
         self.closed = False
         self.backlogged = False  # buf may hold whole frames not parsed yet (the per-turn cap)
         self.since = time.monotonic()  # connected at (for the handshake timeout)
+        self.silent_by = 0.0  # a PING's TTL: closed if nothing arrives by then (0: no TTL running)
 
 
 class RouterSocket:
@@ -136,6 +143,7 @@ class RouterSocket:
         self._next_id = random.getrandbits(32)  # as libzmq: generated ids start anywhere
         self._accept_resume_at = 0.0  # the listener is unwatched until then (0: watched)
         self._next_sweep = time.monotonic() + min(1.0, handshake_timeout_s)
+        self._warnings = LogLimiter(log)  # a client refused every 100 ms must not flood the log
 
     def fileno(self) -> int:
         return self.epoll.fileno()
@@ -183,8 +191,8 @@ class RouterSocket:
         self.maintain()
 
     def maintain(self, now: float | None = None) -> None:
-        """Time-based upkeep (call at least every second): close peers whose handshake is overdue,
-        watch the listener again after an accept pause."""
+        """Time-based upkeep (call at least every second): close peers whose handshake is overdue
+        or that stayed silent past their PING's TTL, watch the listener again after an accept pause."""
         now = time.monotonic() if now is None else now
         if self._accept_resume_at and now >= self._accept_resume_at:
             self._accept_resume_at = 0.0
@@ -193,8 +201,11 @@ class RouterSocket:
             return
         self._next_sweep = now + min(1.0, self.handshake_timeout_s)
         overdue = now - self.handshake_timeout_s
-        for peer in [p for p in self.peers.values() if p.state != _OPEN and p.since < overdue]:
-            self._close(peer, f"no ZMTP handshake within {self.handshake_timeout_s:g} s")
+        for peer in list(self.peers.values()):
+            if peer.state != _OPEN and peer.since < overdue:
+                self._close(peer, f"no ZMTP handshake within {self.handshake_timeout_s:g} s")
+            elif peer.silent_by and now > peer.silent_by and not peer.backlogged:
+                self._close(peer, "nothing received within its heartbeat TTL")
 
     def _accept_all(self) -> None:
         while True:
@@ -202,7 +213,10 @@ class RouterSocket:
                 sock, addr = self.listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE and the like: the rest waits in the listen backlog
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:  # that connection failed; the next may not
+                    continue
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: the rest waits in the listen backlog
                 log.warning("cannot accept connections for %.1f s: %s", self.accept_pause_s, exc)
                 self.epoll.unregister(self.listener.fileno())  # or every poll would report it again
                 self._accept_resume_at = time.monotonic() + self.accept_pause_s
@@ -226,6 +240,7 @@ class RouterSocket:
         if not data:
             self._close(peer, None)
             return
+        peer.silent_by = 0.0  # it spoke: a PING's TTL runs from its next PING
         if peer.buf:
             peer.buf += data
             self._take(peer, peer.buf)
@@ -267,6 +282,7 @@ class RouterSocket:
             payload = bytes(memoryview(source)[start:pos]) if copy else source[start:pos]
             if flags & FLAG_COMMAND:
                 self._on_command(peer, payload)
+                quota -= 1
             elif peer.state != _OPEN:
                 raise ZmtpError("the peer sent a message before its READY")
             elif flags & FLAG_MORE or peer.frames:
@@ -303,7 +319,11 @@ class RouterSocket:
             peer.identity, peer.state = identity, _OPEN
             self.by_identity[identity] = peer
         elif name == b"PING":
-            self._queue(peer, pong_for(payload))
+            ttl_s = ping_ttl_s(payload)
+            peer.silent_by = time.monotonic() + ttl_s if ttl_s else 0.0
+            pong = pong_for(payload)
+            if peer.out_bytes + len(pong) <= self.max_out_bytes:  # a peer that never reads gets none
+                self._queue(peer, pong)
         elif name == b"ERROR":
             raise ZmtpError("the peer sent ERROR")
         # PONG and unknown commands are ignored, as ZMTP allows
@@ -315,7 +335,7 @@ class RouterSocket:
         peer = self.by_identity.get(identity)
         if peer is None:
             return SendStatus.GONE
-        size = len(frame)
+        size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
         if peer.out_bytes + size > self.max_out_bytes:
             return SendStatus.FULL
         self._queue(peer, frame_head(size))
@@ -368,8 +388,8 @@ class RouterSocket:
             return
         peer.closed = True
         if reason is not None:
-            log.warning("closing ZeroMQ connection from %s: %s", peer.name, reason)
-        if tell_peer:
+            self._warnings.warning("closing ZeroMQ connection from %s: %s", peer.name, reason)
+        if tell_peer and not peer.out:  # never in the middle of a half-written frame
             try:
                 peer.sock.send(error_command(reason or "closed"))
             except OSError:

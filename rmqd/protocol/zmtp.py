@@ -47,6 +47,7 @@ FLAG_MORE, FLAG_LONG, FLAG_COMMAND = 0x01, 0x02, 0x04
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 PING_HEAD_SIZE = 1 + 4 + 2  # name-len, "PING", ttl
+PING_CONTEXT_MAX = 16
 
 
 class ZmtpError(ConnectionError):
@@ -104,8 +105,17 @@ def command_name(payload: bytes | memoryview) -> bytes:
 
 
 def pong_for(ping_payload: bytes | memoryview) -> bytes:
-    """The PONG command frame answering a PING command's payload (its context echoed)."""
-    return command(b"PONG", bytes(ping_payload[PING_HEAD_SIZE:]))
+    """The PONG command frame answering a PING command's payload: its context echoed, at most
+    PING_CONTEXT_MAX bytes of it (the spec's limit, and what libzmq echoes)."""
+    return command(b"PONG", bytes(ping_payload[PING_HEAD_SIZE:PING_HEAD_SIZE + PING_CONTEXT_MAX]))
+
+
+def ping_ttl_s(ping_payload: bytes | memoryview) -> float:
+    """The TTL a PING announces, in seconds (0: none): the sender asks to be dropped when nothing
+    comes from it for that long."""
+    if len(ping_payload) < PING_HEAD_SIZE:
+        return 0.0
+    return (ping_payload[5] << 8 | ping_payload[6]) / 10
 
 
 def ready_properties(payload: bytes | memoryview) -> dict[bytes, bytes]:
