@@ -5,7 +5,6 @@ import concurrent.futures
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
@@ -13,66 +12,15 @@ import zmq
 from rmqd.client._zmtp import ZmtpConnection
 from rmqd.protocol import zmtp
 from rmqd.protocol.router import RouterSocket, SendStatus
-
-DEADLINE_S = 5.0
-
-
-@pytest.fixture
-def router() -> Iterator[RouterSocket]:
-    sock = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-def _endpoint(router: RouterSocket) -> str:
-    return f"tcp://127.0.0.1:{router.address[1]}"
-
-
-def _dealer(ctx: zmq.Context, router: RouterSocket, **options: int | bytes) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    for name, value in options.items():
-        sock.setsockopt(getattr(zmq, name), value)
-    sock.connect(_endpoint(router))
-    return sock
-
-
-def _serve_until(router: RouterSocket, done: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    """Let the router work (accept, read, write) until `done()`; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "timed out waiting on the router"
-        select.select([router.fileno()], [], [], 0.01)
-        router.pump()
-        router.flush()
+from tests.router_support import DEADLINE_S, connect_dealer, recv, serve_until
 
 
 def _zmtp_connect(router: RouterSocket) -> ZmtpConnection:
     """The SDK's ZMTP connection, made in a thread while this one lets the router answer the handshake."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         made = pool.submit(ZmtpConnection, "127.0.0.1", router.address[1], DEADLINE_S, 1 << 20)
-        _serve_until(router, made.done)
+        serve_until(router, made.done)
         return made.result()
-
-
-def _recv(router: RouterSocket) -> list[bytes]:
-    got: list[list[bytes]] = []
-
-    def arrived() -> bool:
-        message = router.recv_multipart()
-        if message is not None:
-            got.append(message)
-        return bool(got)
-
-    _serve_until(router, arrived)
-    return got[0]
 
 
 def _dealer_recv(router: RouterSocket, dealer: zmq.Socket) -> list[bytes]:
@@ -83,15 +31,15 @@ def _dealer_recv(router: RouterSocket, dealer: zmq.Socket) -> list[bytes]:
             got.append(dealer.recv_multipart())
         return bool(got)
 
-    _serve_until(router, arrived)
+    serve_until(router, arrived)
     return got[0]
 
 
 def test_a_pyzmq_dealer_gets_its_answer_under_the_routing_id_the_router_made_up(router, ctx):
-    first, second = _dealer(ctx, router), _dealer(ctx, router)
+    first, second = connect_dealer(ctx, router), connect_dealer(ctx, router)
     first.send(b"from first")
     second.send(b"from second")
-    messages = {frames[1]: frames[0] for frames in (_recv(router), _recv(router))}
+    messages = {frames[1]: frames[0] for frames in (recv(router), recv(router))}
     assert set(messages) == {b"from first", b"from second"}
     ids = list(messages.values())
     assert all(len(rid) == 5 and rid[0] == 0 for rid in ids) and ids[0] != ids[1]
@@ -103,9 +51,9 @@ def test_a_pyzmq_dealer_gets_its_answer_under_the_routing_id_the_router_made_up(
 
 def test_a_dealer_that_names_itself_is_routed_by_that_name_and_a_second_one_by_the_same_name_is_refused(
         router, ctx):
-    alice = _dealer(ctx, router, IDENTITY=b"alice")
+    alice = connect_dealer(ctx, router, IDENTITY=b"alice")
     alice.send(b"hello")
-    assert _recv(router) == [b"alice", b"hello"]
+    assert recv(router) == [b"alice", b"hello"]
     received = _refusal(router, zmtp.greeting() + zmtp.ready_command(b"DEALER", b"alice"))
     assert b"ERROR" in received and b"already connected" in received
     assert router.send(b"alice", b"still yours") is SendStatus.SENT
@@ -113,18 +61,18 @@ def test_a_dealer_that_names_itself_is_routed_by_that_name_and_a_second_one_by_t
 
 
 def test_a_multi_frame_message_arrives_whole_behind_the_routing_id(router, ctx):
-    dealer = _dealer(ctx, router, IDENTITY=b"multi")
+    dealer = connect_dealer(ctx, router, IDENTITY=b"multi")
     dealer.send_multipart([b"one", b"", b"three" * 100])
-    assert _recv(router) == [b"multi", b"one", b"", b"three" * 100]
+    assert recv(router) == [b"multi", b"one", b"", b"three" * 100]
 
 
 def test_a_large_frame_arrives_over_many_reads(ctx):
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=8 << 20, read_chunk=64 << 10)
     try:
-        dealer = _dealer(ctx, router, IDENTITY=b"big")
+        dealer = connect_dealer(ctx, router, IDENTITY=b"big")
         body = bytes(range(256)) * (4 << 12)  # 4 MiB: the 8-byte size form, 64 reads
         dealer.send(body)
-        assert _recv(router) == [b"big", body]
+        assert recv(router) == [b"big", body]
         assert router.send(b"big", body) is SendStatus.SENT
         assert _dealer_recv(router, dealer) == [body]
     finally:
@@ -134,14 +82,15 @@ def test_a_large_frame_arrives_over_many_reads(ctx):
 def test_a_frame_over_the_limit_drops_its_peer_and_the_router_serves_the_others(ctx):
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1000)
     try:
-        greedy, polite = _dealer(ctx, router, IDENTITY=b"greedy"), _dealer(ctx, router, IDENTITY=b"polite")
+        greedy = connect_dealer(ctx, router, IDENTITY=b"greedy")
+        polite = connect_dealer(ctx, router, IDENTITY=b"polite")
         greedy.send(b"small")
-        assert _recv(router) == [b"greedy", b"small"]
+        assert recv(router) == [b"greedy", b"small"]
         greedy.send(b"x" * 1001)
-        _serve_until(router, lambda: b"greedy" not in router.by_identity)
+        serve_until(router, lambda: b"greedy" not in router.by_identity)
         assert router.send(b"greedy", b"answer") is SendStatus.GONE
         polite.send(b"y" * 1000)
-        assert _recv(router) == [b"polite", b"y" * 1000]
+        assert recv(router) == [b"polite", b"y" * 1000]
     finally:
         router.close()
 
@@ -150,7 +99,7 @@ def test_pings_get_pongs_with_their_context(router):
     conn = _zmtp_connect(router)
     try:
         conn.send_raw(zmtp.command(b"PING", b"\x00\x64" + b"ctx-42"), time.monotonic() + DEADLINE_S)
-        _serve_until(router, lambda: bool(select.select([conn.sock], [], [], 0)[0]))
+        serve_until(router, lambda: bool(select.select([conn.sock], [], [], 0)[0]))
         flags, payload = conn._read_frame(time.monotonic() + DEADLINE_S)
         assert flags & zmtp.FLAG_COMMAND and payload == b"\x04PONGctx-42"
     finally:
@@ -158,11 +107,11 @@ def test_pings_get_pongs_with_their_context(router):
 
 
 def test_the_sdk_zmtp_connection_and_a_libzmq_heartbeating_dealer_both_work(router, ctx):
-    beating = _dealer(ctx, router, IDENTITY=b"beat", HEARTBEAT_IVL=20, HEARTBEAT_TIMEOUT=100)
+    beating = connect_dealer(ctx, router, IDENTITY=b"beat", HEARTBEAT_IVL=20, HEARTBEAT_TIMEOUT=100)
     conn = _zmtp_connect(router)
     try:
         conn.send(b"direct", time.monotonic() + DEADLINE_S)
-        rid, frame = _recv(router)
+        rid, frame = recv(router)
         assert frame == b"direct"
         router.send(rid, b"direct answer")
         router.flush()
@@ -170,9 +119,9 @@ def test_the_sdk_zmtp_connection_and_a_libzmq_heartbeating_dealer_both_work(rout
         # 0.4 s of 20 ms heartbeats with a 100 ms timeout: unanswered PINGs would have dropped it
         # (libzmq then reconnects as a new peer, and the name would be gone for a moment)
         stop = time.monotonic() + 0.4
-        _serve_until(router, lambda: time.monotonic() >= stop)
+        serve_until(router, lambda: time.monotonic() >= stop)
         beating.send(b"after heartbeats")
-        assert _recv(router) == [b"beat", b"after heartbeats"]
+        assert recv(router) == [b"beat", b"after heartbeats"]
         assert router.by_identity[b"beat"].fd in router.peers
     finally:
         conn.close()
@@ -183,12 +132,12 @@ def test_the_sdk_zmtp_connection_and_a_libzmq_heartbeating_dealer_both_work(rout
 def test_a_peer_that_is_not_zmtp_3_is_closed_and_others_keep_working(router, ctx, opening):
     stranger = socket.create_connection(router.address)
     stranger.sendall(opening)
-    _serve_until(router, lambda: not router.peers or all(p.state != 0 for p in router.peers.values()))
+    serve_until(router, lambda: not router.peers or all(p.state != 0 for p in router.peers.values()))
     assert not router.peers
     stranger.close()
-    dealer = _dealer(ctx, router, IDENTITY=b"ok")
+    dealer = connect_dealer(ctx, router, IDENTITY=b"ok")
     dealer.send(b"fine")
-    assert _recv(router) == [b"ok", b"fine"]
+    assert recv(router) == [b"ok", b"fine"]
 
 
 def _refusal(router: RouterSocket, opening: bytes) -> bytes:
@@ -207,7 +156,7 @@ def _refusal(router: RouterSocket, opening: bytes) -> bytes:
         return not chunk
 
     try:
-        _serve_until(router, closed)
+        serve_until(router, closed)
     finally:
         peer.close()
     return bytes(received)
@@ -222,9 +171,9 @@ def test_a_socket_type_a_router_cannot_talk_to_is_refused(router):
 def test_a_client_that_stops_reading_gets_full_not_unbounded_memory_and_then_everything_in_order(ctx):
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, max_out_bytes=4 << 20)
     try:
-        dealer = _dealer(ctx, router, IDENTITY=b"slow", RCVHWM=1)
+        dealer = connect_dealer(ctx, router, IDENTITY=b"slow", RCVHWM=1)
         dealer.send(b"hi")
-        assert _recv(router) == [b"slow", b"hi"]
+        assert recv(router) == [b"slow", b"hi"]
         frame = bytes(64 << 10)
         sent = 0
         for n in range(2000):  # 125 MiB offered; the kernel and libzmq take a few MiB
@@ -244,28 +193,28 @@ def test_a_client_that_stops_reading_gets_full_not_unbounded_memory_and_then_eve
                 got.append(int.from_bytes(dealer.recv()[:4], "big"))
             return len(got) == sent
 
-        _serve_until(router, drained, timeout_s=20.0)
+        serve_until(router, drained, timeout_s=20.0)
         assert got == list(range(sent))
     finally:
         router.close()
 
 
 def test_answers_to_a_peer_that_went_away_are_gone_not_errors(router, ctx):
-    dealer = _dealer(ctx, router, IDENTITY=b"leaving")
+    dealer = connect_dealer(ctx, router, IDENTITY=b"leaving")
     dealer.send(b"bye")
-    assert _recv(router) == [b"leaving", b"bye"]
+    assert recv(router) == [b"leaving", b"bye"]
     dealer.close(linger=0)
-    _serve_until(router, lambda: b"leaving" not in router.by_identity)
+    serve_until(router, lambda: b"leaving" not in router.by_identity)
     assert router.send(b"leaving", b"too late") is SendStatus.GONE
 
 
 def test_reads_are_bounded_per_turn_so_one_flooding_peer_cannot_fill_memory(ctx):
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, read_chunk=4096)
     try:
-        flooder = _dealer(ctx, router, IDENTITY=b"flood")
+        flooder = connect_dealer(ctx, router, IDENTITY=b"flood")
         for n in range(200):
             flooder.send(n.to_bytes(2, "big") + bytes(998))
-        _serve_until(router, lambda: router.pending())
+        serve_until(router, lambda: router.pending())
         assert len(router.inbox) <= 4096 // 1000 + 1  # one chunk's worth, the rest waits in the kernel
         got = []
 
@@ -274,7 +223,7 @@ def test_reads_are_bounded_per_turn_so_one_flooding_peer_cannot_fill_memory(ctx)
                 got.append(int.from_bytes(message[1][:2], "big"))
             return len(got) == 200
 
-        _serve_until(router, all_in)
+        serve_until(router, all_in)
         assert got == list(range(200))
     finally:
         router.close()
@@ -285,9 +234,9 @@ def test_close_with_linger_delivers_what_is_queued_and_without_it_drops_it(ctx):
     received = {}
     for linger_s in (5.0, 0.0):
         router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20)
-        dealer = _dealer(ctx, router, IDENTITY=b"reader")
+        dealer = connect_dealer(ctx, router, IDENTITY=b"reader")
         dealer.send(b"hi")
-        assert _recv(router) == [b"reader", b"hi"]
+        assert recv(router) == [b"reader", b"hi"]
         assert router.send(b"reader", big) is SendStatus.SENT
         router.close(linger_s=linger_s)
         received[linger_s] = dealer.recv() if dealer.poll(2000) else None
@@ -300,7 +249,7 @@ def _open_raw_peer(router: RouterSocket, identity: bytes) -> socket.socket:
     """A raw socket past the handshake as a DEALER named `identity`."""
     peer = socket.create_connection(router.address)
     peer.sendall(zmtp.greeting() + zmtp.ready_command(b"DEALER", identity))
-    _serve_until(router, lambda: identity in router.by_identity)
+    serve_until(router, lambda: identity in router.by_identity)
     return peer
 
 
@@ -309,13 +258,13 @@ def test_a_burst_of_tiny_messages_is_parsed_a_turn_at_a_time_and_all_arrive_in_o
     try:
         peer = _open_raw_peer(router, b"burst")
         peer.sendall(b"".join(zmtp.frame_head(2) + n.to_bytes(2, "big") for n in range(5000)))
-        _serve_until(router, lambda: len(router.inbox) >= 100)
+        serve_until(router, lambda: len(router.inbox) >= 100)
         assert len(router.inbox) == 100 and router.pending()  # the cap, and the rest known to be there
         got = []
         while (message := router.recv_multipart()) is not None:  # no poll needed for what is buffered
             got.append(int.from_bytes(message[1], "big"))
             if len(got) < 5000 and not router.pending():
-                _serve_until(router, router.pending)
+                serve_until(router, router.pending)
         assert got == list(range(5000))
         peer.close()
     finally:
@@ -325,7 +274,7 @@ def test_a_burst_of_tiny_messages_is_parsed_a_turn_at_a_time_and_all_arrive_in_o
 def test_a_message_of_too_many_frames_drops_its_peer(router):
     peer = _open_raw_peer(router, b"endless")
     peer.sendall(b"".join(zmtp.frame_head(1, zmtp.FLAG_MORE) + b"x" for _ in range(200)))
-    _serve_until(router, lambda: b"endless" not in router.by_identity)
+    serve_until(router, lambda: b"endless" not in router.by_identity)
     assert not router.inbox
     peer.close()
 
@@ -334,9 +283,9 @@ def test_a_peer_that_never_finishes_its_handshake_is_closed_after_the_timeout():
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20, handshake_timeout_s=0.2)
     try:
         silent = socket.create_connection(router.address)
-        _serve_until(router, lambda: bool(router.peers))
+        serve_until(router, lambda: bool(router.peers))
         connected_at = time.monotonic()
-        _serve_until(router, lambda: not router.peers)
+        serve_until(router, lambda: not router.peers)
         assert time.monotonic() - connected_at >= 0.1
         silent.close()
     finally:
@@ -358,12 +307,12 @@ def test_when_accept_fails_the_listener_rests_instead_of_spinning_then_accepts_a
                 raise OSError(24, "Too many open files")
 
         router.listener = _Listener()
-        dealer = _dealer(ctx, router, IDENTITY=b"patient")
-        _serve_until(router, lambda: bool(failures))
+        dealer = connect_dealer(ctx, router, IDENTITY=b"patient")
+        serve_until(router, lambda: bool(failures))
         assert not router.readable()  # the pending connection is no longer reported: no busy loop
         router.listener = real_accept.__self__
         dealer.send(b"in the end")
-        assert _recv(router) == [b"patient", b"in the end"]
+        assert recv(router) == [b"patient", b"in the end"]
         assert len(failures) == 1
     finally:
         router.close()

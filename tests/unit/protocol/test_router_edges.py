@@ -11,33 +11,19 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from rmqd.protocol import zmtp
 from rmqd.protocol.router import RouterSocket, SendStatus
+from tests.router_support import DEADLINE_S, connect_dealer, recv, serve_until
 
-DEADLINE_S = 5.0
 U64 = struct.Struct(">Q")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def router() -> Iterator[RouterSocket]:
-    sock = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture
@@ -49,33 +35,12 @@ def sockets() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def _serve_until(router: RouterSocket, done: Callable[[], bool], timeout_s: float = DEADLINE_S,
-                 what: str = "the router", also: tuple[socket.socket, ...] = ()) -> None:
-    """Let the router work (accept, read, write) until `done()`; fail after `timeout_s`. The wait
-    between turns also ends when one of the client sockets `also` is readable."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
-        select.select([router.fileno(), *also], [], [], 0.01)
-        router.pump()
-        router.flush()
-
-
 def _pump_once_when_readable(router: RouterSocket) -> None:
     """Wait (bounded) until the router's epoll reports something, then pump once: what a client just
     sent is then read by exactly one recv."""
     ready, _, _ = select.select([router.fileno()], [], [], DEADLINE_S)
     assert ready, "the router never saw the bytes just sent"
     router.pump()
-
-
-def _dealer(ctx: zmq.Context, router: RouterSocket, **options: int | bytes) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    for name, value in options.items():
-        sock.setsockopt(getattr(zmq, name), value)
-    sock.connect(f"tcp://127.0.0.1:{router.address[1]}")
-    return sock
 
 
 def _connect(router: RouterSocket, sockets: list[socket.socket], rcvbuf: int | None = None) -> socket.socket:
@@ -87,7 +52,7 @@ def _connect(router: RouterSocket, sockets: list[socket.socket], rcvbuf: int | N
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     before = set(router.peers)
     sock.connect(router.address)
-    _serve_until(router, lambda: set(router.peers) - before, what="the accept")
+    serve_until(router, lambda: set(router.peers) - before, what="the accept")
     return sock
 
 
@@ -96,7 +61,7 @@ def _raw_peer(router: RouterSocket, sockets: list[socket.socket], identity: byte
     """A raw client past the handshake as a DEALER named `identity`; non-blocking."""
     sock = _connect(router, sockets, rcvbuf)
     sock.sendall(zmtp.greeting() + zmtp.ready_command(b"DEALER", identity))
-    _serve_until(router, lambda: identity in router.by_identity, what="the handshake")
+    serve_until(router, lambda: identity in router.by_identity, what="the handshake")
     sock.setblocking(False)
     return sock
 
@@ -236,7 +201,7 @@ def test_a_pong_echoes_at_most_16_bytes_of_the_ping_context(router, sockets):
         inbound.read()
         return any(cmd.startswith(b"\x04PONG") for cmd in inbound.commands())
 
-    _serve_until(router, ponged, what="the PONG")
+    serve_until(router, ponged, what="the PONG")
     pong = next(cmd for cmd in inbound.commands() if cmd.startswith(b"\x04PONG"))
     assert pong == b"\x04PONG" + context[:16], f"PONG context of {len(pong) - 5} bytes"
 
@@ -249,7 +214,7 @@ def test_a_peer_silent_past_its_ping_ttl_is_dropped_and_its_routing_id_freed(rou
     IDENTITY would be refused "already connected" on every retry."""
     ghost = _raw_peer(router, sockets, b"phone")
     ghost.sendall(_ping(3, b""))  # TTL 0.3 s, then silence, as a client whose network went away
-    dealer = _dealer(ctx, router, IDENTITY=b"phone")
+    dealer = connect_dealer(ctx, router, IDENTITY=b"phone")
     got: list[list[bytes]] = []
     next_send = 0.0
 
@@ -265,7 +230,7 @@ def test_a_peer_silent_past_its_ping_ttl_is_dropped_and_its_routing_id_freed(rou
             got.append(message)
         return bool(got)
 
-    _serve_until(router, through, timeout_s=3.0,
+    serve_until(router, through, timeout_s=3.0,
                  what="the reconnecting DEALER (the silent peer past its 0.3 s TTL still holds b'phone')")
     assert got[0] == [b"phone", b"back again"]
 
@@ -291,17 +256,11 @@ def test_a_transient_accept_error_does_not_rest_the_listener(ctx):
 
     router.listener = _Listener()
     try:
-        dealer = _dealer(ctx, router, IDENTITY=b"next")
+        dealer = connect_dealer(ctx, router, IDENTITY=b"next")
         dealer.send(b"hello")
-        got: list[list[bytes]] = []
-
-        def arrived() -> bool:
-            if (message := router.recv_multipart()) is not None:
-                got.append(message)
-            return bool(got)
-
-        _serve_until(router, arrived, timeout_s=1.5, what="a client after one aborted connection")
-        assert got == [[b"next", b"hello"]] and len(aborted) == 1
+        got = recv(router, timeout_s=1.5, what="a client after one aborted connection")
+        assert got == [b"next", b"hello"]
+        assert len(aborted) == 1
     finally:
         router.listener = real
         router.close()
@@ -329,7 +288,7 @@ def test_a_whole_session_read_one_byte_per_recv_parses_exactly(router, sockets):
         inbound.read()
         return len(inbound.commands()) == 1 + len(SESSION_PONGS)
 
-    _serve_until(router, ponged, what="the PONGs")
+    serve_until(router, ponged, what="the PONGs")
     assert inbound.commands()[1:] == SESSION_PONGS and not inbound.messages()
 
 
@@ -352,7 +311,7 @@ def test_every_split_point_of_a_session_gives_the_same_messages(sockets, per_tur
                     got.append(message)
                 return len(got) == len(SESSION_MESSAGES)
 
-            _serve_until(router, complete, what=f"the messages of the session cut at {cut}")
+            serve_until(router, complete, what=f"the messages of the session cut at {cut}")
             assert got == [[b"split", *frames] for frames in SESSION_MESSAGES], f"cut at byte {cut}"
     finally:
         router.close()
@@ -378,7 +337,7 @@ def test_answers_cut_by_partial_writes_at_every_size_class_arrive_intact_and_in_
             inbound.read()
             return len(inbound.messages()) == len(expected)
 
-        _serve_until(router, all_in, timeout_s=10.0, what="the answers", also=(peer,))
+        serve_until(router, all_in, timeout_s=10.0, what="the answers", also=(peer,))
         assert inbound.messages() == expected and not inbound.buf
         assert not router.by_identity[b"window"].polls_out and router.by_identity[b"window"].out_bytes == 0
     finally:
@@ -396,7 +355,7 @@ def test_a_pong_queued_behind_a_half_written_answer_follows_it_intact(sockets):
         assert state.polls_out
         pong = zmtp.pong_for(_ping(0, b"ctx")[2:])
         peer.sendall(_ping(0, b"ctx"))
-        _serve_until(router, lambda: state.out[-1] == pong, what="the PING to be read")
+        serve_until(router, lambda: state.out[-1] == pong, what="the PING to be read")
         assert router.send(b"slowpoke", b"after") is SendStatus.SENT
         inbound = _Inbound(peer)
 
@@ -404,7 +363,7 @@ def test_a_pong_queued_behind_a_half_written_answer_follows_it_intact(sockets):
             inbound.read()
             return len(inbound.items) == 4
 
-        _serve_until(router, all_in, timeout_s=10.0, what="the answers", also=(peer,))
+        serve_until(router, all_in, timeout_s=10.0, what="the answers", also=(peer,))
         assert [kind for kind, _ in inbound.items] == ["cmd", "msg", "cmd", "msg"]
         assert inbound.items[1][1] == [big]
         assert inbound.items[2][1] == b"\x04PONGctx"
@@ -423,10 +382,10 @@ def test_a_pong_queued_behind_a_half_written_answer_follows_it_intact(sockets):
 def test_a_peer_that_disconnects_mid_message_delivers_none_of_it_and_is_forgotten(router, sockets, tail):
     peer = _raw_peer(router, sockets, b"cut")
     inbound = _Inbound(peer)
-    _serve_until(router, lambda: (inbound.read(), inbound.commands())[1], what="the router's READY")
+    serve_until(router, lambda: (inbound.read(), inbound.commands())[1], what="the router's READY")
     peer.sendall(zmtp.frame_head(5) + b"whole" + tail)
     peer.shutdown(socket.SHUT_WR)  # FIN after the bytes: nothing is lost in a reset
-    _serve_until(router, lambda: not router.peers, what="the router to see the end of the stream")
+    serve_until(router, lambda: not router.peers, what="the router to see the end of the stream")
     assert list(router.inbox) == [[b"cut", b"whole"]]
     assert not router.by_identity and router.send(b"cut", b"late") is SendStatus.GONE
 
@@ -435,7 +394,7 @@ def test_a_peer_that_disconnects_during_the_handshake_is_forgotten_quietly(route
     peer = _connect(router, sockets)
     peer.sendall((zmtp.greeting() + zmtp.ready_command(b"DEALER", b"never"))[:80])
     peer.shutdown(socket.SHUT_WR)
-    _serve_until(router, lambda: not router.peers)
+    serve_until(router, lambda: not router.peers)
     assert not router.by_identity and not router.inbox
 
 
@@ -452,7 +411,7 @@ def test_a_peer_reset_mid_answer_is_forgotten_and_the_next_connection_gets_only_
         assert old_state.polls_out
         old.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         old.close()  # RST
-        _serve_until(router, lambda: b"old" not in router.by_identity, what="the reset to be seen")
+        serve_until(router, lambda: b"old" not in router.by_identity, what="the reset to be seen")
         assert old_state.closed and not old_state.out and not router.peers
         assert router.send(b"old", b"late") is SendStatus.GONE
         new = _raw_peer(router, sockets, b"new")
@@ -463,7 +422,7 @@ def test_a_peer_reset_mid_answer_is_forgotten_and_the_next_connection_gets_only_
             inbound.read()
             return bool(inbound.messages())
 
-        _serve_until(router, answered, what="the new peer's answer")
+        serve_until(router, answered, what="the new peer's answer")
         assert inbound.messages() == [[b"yours"]] and len(inbound.commands()) == 1 and not inbound.buf
         assert inbound.commands()[0].startswith(b"\x05READY")
     finally:
@@ -476,7 +435,7 @@ def test_a_burst_followed_by_fin_delivers_every_message_before_the_peer_is_forgo
     try:
         peer = _raw_peer(router, sockets, b"burst")
         inbound = _Inbound(peer)
-        _serve_until(router, lambda: (inbound.read(), inbound.commands())[1], what="the router's READY")
+        serve_until(router, lambda: (inbound.read(), inbound.commands())[1], what="the router's READY")
         peer.sendall(b"".join(zmtp.frame_head(2) + n.to_bytes(2, "big") for n in range(3000)))
         peer.shutdown(socket.SHUT_WR)
         got: list[int] = []
@@ -487,7 +446,7 @@ def test_a_burst_followed_by_fin_delivers_every_message_before_the_peer_is_forgo
                 got.append(int.from_bytes(message[1], "big"))
             return not router.peers and not router.pending()
 
-        _serve_until(router, all_in)
+        serve_until(router, all_in)
         assert got == list(range(3000))
     finally:
         router.close()
@@ -496,7 +455,7 @@ def test_a_burst_followed_by_fin_delivers_every_message_before_the_peer_is_forgo
 def test_a_pyzmq_dealer_dropped_for_an_oversized_frame_reconnects_under_its_identity(ctx):
     router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1000)
     try:
-        dealer = _dealer(ctx, router, IDENTITY=b"again", HEARTBEAT_IVL=50, HEARTBEAT_TTL=1000,
+        dealer = connect_dealer(ctx, router, IDENTITY=b"again", HEARTBEAT_IVL=50, HEARTBEAT_TTL=1000,
                          HEARTBEAT_TIMEOUT=500)
         dealer.send(b"first")
         got: list[list[bytes]] = []
@@ -506,9 +465,9 @@ def test_a_pyzmq_dealer_dropped_for_an_oversized_frame_reconnects_under_its_iden
                 got.append(message)
             return bool(got)
 
-        _serve_until(router, arrived)
+        serve_until(router, arrived)
         dealer.send(b"x" * 1001)
-        _serve_until(router, lambda: b"again" not in router.by_identity, what="the drop")
+        serve_until(router, lambda: b"again" not in router.by_identity, what="the drop")
         got.clear()
         next_send = 0.0
 
@@ -519,7 +478,7 @@ def test_a_pyzmq_dealer_dropped_for_an_oversized_frame_reconnects_under_its_iden
                 next_send = time.monotonic() + 0.1
             return arrived()
 
-        _serve_until(router, back, what="the reconnected DEALER")
+        serve_until(router, back, what="the reconnected DEALER")
         assert got[0] == [b"again", b"second"]
         assert router.send(b"again", b"answer") is SendStatus.SENT
         deadline = time.monotonic() + DEADLINE_S
