@@ -230,13 +230,16 @@ def test_reads_are_bounded_per_turn_so_one_flooding_peer_cannot_fill_memory(ctx)
 
 
 def test_close_with_linger_delivers_what_is_queued_and_without_it_drops_it(ctx):
-    big = bytes(range(256)) * (64 << 10)  # 16 MiB: more than the kernel takes in one write
+    big = bytes(range(256)) * (64 << 10)  # 16 MiB: far more than one write into 64 KiB buffers takes
     received = {}
     for linger_s in (5.0, 0.0):
         router = RouterSocket("127.0.0.1", 0, max_frame_bytes=1 << 20)
-        dealer = connect_dealer(ctx, router, IDENTITY=b"reader")
+        dealer = connect_dealer(ctx, router, IDENTITY=b"reader", RCVBUF=64 << 10)
         dealer.send(b"hi")
         assert recv(router) == [b"reader", b"hi"]
+        # small kernel buffers on both sides: even a reader draining concurrently (libzmq's I/O
+        # thread) cannot let one non-blocking write take it all (with the defaults it sometimes did)
+        router.by_identity[b"reader"].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
         assert router.send(b"reader", big) is SendStatus.SENT
         router.close(linger_s=linger_s)
         received[linger_s] = dealer.recv() if dealer.poll(2000) else None
